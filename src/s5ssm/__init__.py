@@ -1,0 +1,15 @@
+"""s5ssm: S5, the Simplified State Space layer (Smith, Warrington & Linderman, ICLR 2023), in PyTorch.
+
+    >>> import torch, s5ssm
+    >>> model = s5ssm.S5Model(embed_dim=3, hidden_size=16, state_size=8, num_layers=2)
+    >>> model(torch.randn(2, 50, 3)).shape
+    torch.Size([2, 16])
+"""
+
+from .block import S5Block
+from .model import S5Model, recommended_defaults
+from .scan import linear_scan
+from .ssm import S5SSM
+
+__version__ = "0.1.0"
+__all__ = ["S5SSM", "S5Block", "S5Model", "linear_scan", "recommended_defaults", "__version__"]

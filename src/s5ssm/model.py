@@ -1,0 +1,266 @@
+"""S5Model: encoder, a stack of S5Blocks, pooling and an optional head.
+
+    x (B, L, embed_dim) float, or (B, L) int64 tokens with vocab_size
+      -> encoder (Linear, or Embedding)            (B, L, H)
+      -> num_layers × S5Block                      (B, L, H)
+      -> pooling: "last" | "mean" (mask-aware) | "none"
+      -> head Linear(H, output_dim) if output_dim  (B, output_size) or (B, L, output_size)
+
+`init_cache` / `step` run the whole stack one step at a time in O(1) per step; each
+output equals the full model run on the prefix (in eval mode).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._checks import expect_bool_mask, expect_dtype, expect_shape, expect_tensor
+from .block import S5Block
+from .io import atomic_write_text, load_safetensors, save_safetensors
+
+POOLINGS = ("last", "mean", "none")
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def recommended_defaults() -> dict:
+    """S5Model settings for real-time, frame-by-frame processing (e.g. 60 fps control loops).
+
+    - norm="layer": per-frame normalisation, identical in training, batch inference and
+      `step` (BatchNorm's batch statistics differ between training and streaming).
+    - clip_eigs=True: Re Λ <= -1e-4 keeps every mode decaying on unbounded streams.
+    - unidirectional, conj_sym, zoh: what `step` supports, at half the state work.
+    - hidden_size=128, state_size=64 in 4 blocks, 4 layers: `s5ssm bench` measures the
+      per-frame `step` latency of exactly this configuration at batch 1.
+    - dt_min/dt_max: the paper's 0.001..0.1, i.e. timescales of 10..1000 frames
+      (0.17 s to 17 s at 60 fps).
+    Pass embed_dim (and output_dim for a head) yourself: S5Model(embed_dim=..., **recommended_defaults()).
+    """
+    return dict(
+        hidden_size=128,
+        state_size=64,
+        blocks=4,
+        num_layers=4,
+        dropout=0.1,
+        norm="layer",
+        prenorm=True,
+        activation="half_glu1",
+        conj_sym=True,
+        clip_eigs=True,
+        bidirectional=False,
+        discretization="zoh",
+        dt_min=0.001,
+        dt_max=0.1,
+        pooling="last",
+    )
+
+
+class S5Model(nn.Module):
+    """A stack of S5 blocks with an encoder, pooling and an optional head.
+
+    Args:
+        embed_dim: input features per step (for float inputs (B, L, embed_dim)).
+        hidden_size: H, the width of every block.
+        state_size: full state size of each S5SSM (P_full; P_full/2 kept with conj_sym).
+        num_layers: number of S5 blocks.
+        dropout: dropout probability inside the blocks (mask shared across time).
+        window_size: longest sequence the model accepts (None: any length). Lets code
+            written for fixed frame windows state its window; streaming with `step`
+            needs no window at all.
+        vocab_size: use an Embedding(vocab_size, H) encoder for int64 token inputs (B, L)
+            instead of a Linear encoder (then leave embed_dim None).
+        output_dim: add a Linear(H, output_dim) head (logits or regression outputs).
+        pooling: "last" (last valid step), "mean" (over valid steps) or "none" (every step).
+        blocks, norm, prenorm, activation, bn_momentum: as in S5Block.
+        conj_sym, clip_eigs, bidirectional, discretization, C_init, dt_min, dt_max,
+        step_rescale, scan_backend: as in S5SSM.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int | None = None,
+        hidden_size: int = 128,
+        state_size: int = 256,
+        num_layers: int = 6,
+        dropout: float = 0.0,
+        window_size: int | None = None,
+        *,
+        vocab_size: int | None = None,
+        output_dim: int | None = None,
+        pooling: str = "last",
+        blocks: int = 1,
+        norm: str = "batch",
+        prenorm: bool = True,
+        activation: str = "half_glu1",
+        bn_momentum: float = 0.95,
+        conj_sym: bool = True,
+        clip_eigs: bool = False,
+        bidirectional: bool = False,
+        discretization: str = "zoh",
+        C_init: str = "trunc_standard_normal",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        step_rescale: float = 1.0,
+        scan_backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        if (embed_dim is None) == (vocab_size is None):
+            raise ValueError(
+                f"give exactly one of embed_dim (float inputs) and vocab_size (token inputs), "
+                f"got embed_dim={embed_dim}, vocab_size={vocab_size}"
+            )
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if window_size is not None and window_size < 1:
+            raise ValueError(f"window_size must be >= 1 or None, got {window_size}")
+        self.embed_dim = embed_dim
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.window_size = window_size
+        self.pooling = pooling
+        self.bidirectional = bidirectional
+        if vocab_size is not None:
+            self.encoder: nn.Module = nn.Embedding(vocab_size, hidden_size)
+        else:
+            self.encoder = nn.Linear(embed_dim, hidden_size)
+        block_options = dict(
+            norm=norm, prenorm=prenorm, activation=activation, dropout=dropout, bn_momentum=bn_momentum,
+            conj_sym=conj_sym, clip_eigs=clip_eigs, bidirectional=bidirectional,
+            discretization=discretization, C_init=C_init, dt_min=dt_min, dt_max=dt_max,
+            step_rescale=step_rescale, scan_backend=scan_backend,
+        )  # fmt: skip
+        self.layers = nn.ModuleList(
+            S5Block(hidden_size, state_size, blocks, **block_options) for _ in range(num_layers)
+        )
+        self.head = nn.Linear(hidden_size, output_dim) if output_dim is not None else None
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output: output_dim with a head, hidden_size without."""
+        return self.head.out_features if self.head is not None else self.hidden_size
+
+    def param_count(self) -> int:
+        """Number of scalar parameters (the sum of every parameter's numel)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ inputs
+    def _check_inputs(self, x, mask):
+        x = expect_tensor("x", x)
+        if self.vocab_size is not None:
+            expect_dtype("x", x, (torch.int64, torch.int32))
+            expect_shape("x", x, (None, None), "BL")
+            if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
+                raise ValueError(f"x: token ids must be in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}]")
+        else:
+            expect_shape("x", x, (None, None, self.embed_dim), "BLD")
+        if self.window_size is not None and x.shape[1] > self.window_size:
+            raise ValueError(f"x: sequence length {x.shape[1]} exceeds window_size={self.window_size}")
+        if mask is not None:
+            expect_bool_mask("mask", mask, x.shape[0], x.shape[1])
+        return x
+
+    def _pool(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, H) -> (B, H) for "last"/"mean", unchanged for "none"."""
+        if self.pooling == "none":
+            return h
+        if self.pooling == "mean":
+            if mask is None:
+                return h.mean(dim=1)
+            weights = mask.to(h.dtype)[..., None]
+            return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        if mask is None:
+            return h[:, -1]
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        step_scale: float | torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the model on whole sequences.
+
+        Args:
+            x: float (B, L, embed_dim), or int64 (B, L) token ids with vocab_size.
+            mask: bool (B, L), True at valid steps (variable-length batches).
+            step_scale: float, (B,) or (B, L) (irregular sampling), as in S5SSM.
+            resets: bool (B, L), clear every layer's state before these steps.
+
+        Returns:
+            (B, output_size) with pooling "last"/"mean", (B, L, output_size) with "none".
+        """
+        x = self._check_inputs(x, mask)
+        h = self.encoder(x)
+        for layer in self.layers:
+            h = layer(h, mask=mask, step_scale=step_scale, resets=resets)
+        h = self._pool(h, mask)
+        return self.head(h) if self.head is not None else h
+
+    # ------------------------------------------------------------------ streaming
+    def init_cache(self, batch_size: int) -> dict:
+        """The streaming state before the first step: per-layer S5 states and pooling sums."""
+        if self.bidirectional:
+            raise ValueError("init_cache: a bidirectional model cannot run step by step")
+        device = self.layers[0].ssm.D.device
+        return {
+            "states": [layer.ssm.init_state(batch_size) for layer in self.layers],
+            "sum": torch.zeros(batch_size, self.hidden_size, dtype=self.layers[0].ssm.D.dtype, device=device),
+            "count": 0,
+        }
+
+    def step(
+        self, x_t: torch.Tensor, cache: dict, *, step_scale: float | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """One frame through the whole stack in O(1).
+
+        Args:
+            x_t: float (B, embed_dim), or int64 (B,) token ids.
+            cache: from `init_cache` or the previous `step` (not modified).
+            step_scale: float or (B,): the time elapsed since the previous frame, in steps.
+
+        Returns:
+            (y_t, cache): y_t is what `forward` returns for the sequence so far
+            ((B, output_size); with pooling "none", the output at this step).
+        """
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional model cannot run step by step")
+        self._check_inputs(x_t[:, None], None)
+        h = self.encoder(x_t)
+        states = []
+        for layer, state in zip(self.layers, cache["states"]):
+            h, state = layer.step(h, state, step_scale=step_scale)
+            states.append(state)
+        total, count = cache["sum"] + h, cache["count"] + 1
+        pooled = total / count if self.pooling == "mean" else h
+        out = self.head(pooled) if self.head is not None else pooled
+        return out, {"states": states, "sum": total, "count": count}
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json and model.safetensors (both atomically) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.state_dict(), directory / WEIGHTS_NAME)
+        atomic_write_text(directory / CONFIG_NAME, json.dumps(self.config, indent=2, sort_keys=True))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "S5Model":
+        """Rebuild a model saved by `save_pretrained` (no pickle involved)."""
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{config_path}: no {CONFIG_NAME} (not a save_pretrained directory)")
+        model = cls(**json.loads(config_path.read_text()))
+        model.load_state_dict(load_safetensors(directory / WEIGHTS_NAME, device=map_location))
+        return model.to(map_location)

@@ -1,0 +1,333 @@
+"""S5SSM: the multi-input, multi-output diagonal state space layer of S5.
+
+    x_k = Λ̄ ⊙ x_{k-1} + γ ⊙ (B~ u_k)          (Λ̄, γ from `discretize`)
+    y_k = 2·Re(C~ x_k) + D ⊙ u_k               (conj_sym; Re(C~ x_k) without it)
+
+Parameters keep the official JAX layout (lindermanlab/S5, s5/ssm.py) so that checkpoints
+port key for key: Lambda_re (P,), Lambda_im (P,), B (P, H, 2), C (H, P, 2) — or C1, C2
+(H, P, 2) when bidirectional, or C (H, 2P, 2) for bidirectional complex_normal — D (H,),
+log_step (P,). P is the number of states kept: state_size/2 with conj_sym.
+
+Both projections run as real GEMMs on interleaved (real, imag) views, never as complex
+matmuls, and the per-step input scale γ is elementwise, so an irregular step_scale [B, L]
+costs O(B·L·P) on top of the GEMMs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import init
+from ._checks import (
+    expect_bool_mask,
+    expect_dtype,
+    expect_finite,
+    expect_same_device,
+    expect_shape,
+    expect_tensor,
+    checks_enabled,
+)
+from .discretize import METHODS, discretize
+from .scan import linear_scan
+
+FLOATS = (torch.float32, torch.float64)
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def is_right_padded(mask: torch.Tensor) -> bool:
+    """True if every row of the bool (B, L) mask is a run of True followed by False."""
+    return bool((mask[:, 1:] <= mask[:, :-1]).all()) if mask.shape[1] > 1 else True
+
+
+def _last_true_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last True of each row of a bool (B, L) mask, -1 for an empty row. (B,) long."""
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, positions, torch.full_like(positions, -1)).amax(dim=1)
+
+
+class S5SSM(nn.Module):
+    """The S5 state space layer, batch-first.
+
+    Args:
+        hidden_size: H, the input and output features.
+        state_size: the full state size P_full (P = P_full/2 states are kept with conj_sym).
+        blocks: J, number of HiPPO-N blocks on the diagonal of the initial A.
+        conj_sym: keep one of each conjugate pair of eigenvalues (halves work and memory).
+        clip_eigs: clip Re Λ to <= -1e-4 in the forward pass (stable on unbounded lengths).
+        bidirectional: add a reverse-time scan with its own C (no `step`, no carried state).
+        discretization: "zoh" or "bilinear".
+        C_init: "trunc_standard_normal" | "lecun_normal" | "complex_normal".
+        dt_min, dt_max: range of the log-uniform initial timescales Δ.
+        step_rescale: constant factor on every Δ (e.g. a model trained at another sampling rate).
+        scan_backend: "auto" | "cpu" | "parallel" | "reference" (see s5ssm.scan).
+        generator: torch.Generator for the random initialisation (default: the global RNG).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        state_size: int,
+        blocks: int = 1,
+        *,
+        conj_sym: bool = True,
+        clip_eigs: bool = False,
+        bidirectional: bool = False,
+        discretization: str = "zoh",
+        C_init: str = "trunc_standard_normal",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        step_rescale: float = 1.0,
+        scan_backend: str = "auto",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if hidden_size < 1 or state_size < 1:
+            raise ValueError(f"hidden_size and state_size must be >= 1, got {hidden_size}, {state_size}")
+        if discretization not in METHODS:
+            raise ValueError(f"discretization must be one of {METHODS}, got {discretization!r}")
+        if C_init not in init.C_INITS:
+            raise ValueError(f"C_init must be one of {init.C_INITS}, got {C_init!r}")
+        if not step_rescale > 0:
+            raise ValueError(f"step_rescale must be > 0, got {step_rescale}")
+        self.hidden_size = hidden_size
+        self.state_size = state_size
+        self.blocks = blocks
+        self.conj_sym = conj_sym
+        self.clip_eigs = clip_eigs
+        self.bidirectional = bidirectional
+        self.discretization = discretization
+        self.C_init = C_init
+        self.step_rescale = float(step_rescale)
+        self.scan_backend = scan_backend
+
+        Lambda, V, Vinv = init.block_diagonal_init(state_size, blocks, conj_sym)
+        self.num_states = Lambda.shape[0]
+        dtype = torch.get_default_dtype()
+        as_param = lambda t: nn.Parameter(torch.as_tensor(t).to(dtype))  # noqa: E731
+        self.Lambda_re = as_param(Lambda.real)
+        self.Lambda_im = as_param(Lambda.imag)
+        self.B = as_param(init.init_B(Vinv, hidden_size, generator))
+        if C_init == "complex_normal" and bidirectional:
+            both = [init.init_C(V, hidden_size, C_init, generator) for _ in range(2)]
+            self.C = as_param(torch.cat(both, dim=1))
+        elif bidirectional:
+            self.C1 = as_param(init.init_C(V, hidden_size, C_init, generator))
+            self.C2 = as_param(init.init_C(V, hidden_size, C_init, generator))
+        else:
+            self.C = as_param(init.init_C(V, hidden_size, C_init, generator))
+        self.D = as_param(torch.randn(hidden_size, dtype=torch.float64, generator=generator))
+        self.log_step = as_param(init.init_log_step(self.num_states, dt_min, dt_max, generator))
+
+    # ------------------------------------------------------------------ parameters
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_size={self.hidden_size}, state_size={self.state_size}, blocks={self.blocks}, "
+            f"conj_sym={self.conj_sym}, bidirectional={self.bidirectional}, "
+            f"discretization={self.discretization!r}"
+        )
+
+    def continuous_eigenvalues(self) -> torch.Tensor:
+        """Λ, complex (P,), with Re Λ clipped to <= -1e-4 when clip_eigs."""
+        real = self.Lambda_re.clamp(max=-1e-4) if self.clip_eigs else self.Lambda_re
+        return torch.complex(real, self.Lambda_im)
+
+    def discretized(self, step_scale: float | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Λ̄, γ): complex (P,) for a scalar step_scale, (B, 1, P) for [B], (B, L, P) for [B, L]."""
+        if isinstance(step_scale, torch.Tensor):
+            step_scale = step_scale * self.step_rescale
+        else:
+            step_scale = self.step_rescale * (1.0 if step_scale is None else float(step_scale))
+        return discretize(self.continuous_eigenvalues(), self.log_step, self.discretization, step_scale)
+
+    def _input_weight(self, gamma: torch.Tensor | None = None) -> torch.Tensor:
+        """B~ (optionally scaled to B̄ = γ B~) as a real (2P, H) matrix, rows interleaved re/im."""
+        B = self.B
+        if gamma is not None:  # γ (P,) complex: fold into the weight, no per-step pass
+            B = torch.view_as_real(gamma[:, None] * torch.view_as_complex(B.contiguous()))
+        return B.transpose(1, 2).reshape(2 * self.num_states, self.hidden_size)
+
+    def _output_weights(self) -> list[torch.Tensor]:
+        """Re(C~ x) as real (H, 2P) matrices acting on interleaved (re, im) states, one per direction."""
+        scale = 2.0 if self.conj_sym else 1.0
+        sign = torch.tensor([scale, -scale], dtype=self.D.dtype, device=self.D.device)
+        if self.bidirectional and hasattr(self, "C1"):
+            Cs = [self.C1, self.C2]
+        elif self.bidirectional:
+            Cs = list(self.C.chunk(2, dim=1))
+        else:
+            Cs = [self.C]
+        return [(C * sign).reshape(self.hidden_size, 2 * self.num_states) for C in Cs]
+
+    def _project_in(self, u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        """B̄u: real (B, L, H) -> complex (B, L, P)."""
+        folded = gamma.dim() == 1
+        w = self._input_weight(gamma if folded else None)
+        bu = torch.view_as_complex(F.linear(u, w).unflatten(-1, (self.num_states, 2)))
+        return bu if folded else bu * gamma
+
+    def _project_out(self, states: list[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+        """y = Σ_directions Re(C~ x) (·2 with conj_sym) + D ⊙ u: complex (B, L, P) -> real (B, L, H)."""
+        y = u * self.D
+        for x, w in zip(states, self._output_weights()):
+            y = y + F.linear(torch.view_as_real(x).flatten(-2), w)
+        return y
+
+    # ------------------------------------------------------------------ checks
+    @property
+    def complex_dtype(self) -> torch.dtype:
+        return _COMPLEX_OF[self.D.dtype]
+
+    def init_state(self, batch_size: int) -> torch.Tensor:
+        """A zero state, complex (batch_size, P)."""
+        return torch.zeros(batch_size, self.num_states, dtype=self.complex_dtype, device=self.D.device)
+
+    def _check_input(self, name: str, u: object, dims: int) -> torch.Tensor:
+        u = expect_tensor(name, u)
+        expect_dtype(name, u, self.D.dtype)
+        if dims == 3:
+            expect_shape(name, u, (None, None, self.hidden_size), "BLH")
+            if u.shape[1] == 0 or u.shape[0] == 0:
+                raise ValueError(f"{name} must have at least one sequence of length >= 1, got {list(u.shape)}")
+        else:
+            expect_shape(name, u, (None, self.hidden_size), "BH")
+        expect_same_device(name, u, self.D)
+        expect_finite(name, u)
+        return u
+
+    def _check_state(self, state: object, batch: int) -> torch.Tensor:
+        if self.bidirectional:
+            raise ValueError("state: a bidirectional S5SSM has no carried state")
+        state = expect_tensor("state", state)
+        expect_dtype("state", state, self.complex_dtype)
+        expect_shape("state", state, (batch, self.num_states), "BP")
+        expect_same_device("state", state, self.D)
+        expect_finite("state", torch.view_as_real(state))
+        return state
+
+    def _check_step_scale(self, step_scale, batch: int, length: int | None, mask=None):
+        if step_scale is None:
+            return None
+        if not isinstance(step_scale, torch.Tensor):
+            if isinstance(step_scale, bool) or not isinstance(step_scale, (int, float)):
+                raise TypeError(f"step_scale must be a float or a tensor, got {type(step_scale).__name__}")
+            if not step_scale > 0 or step_scale == float("inf"):
+                raise ValueError(f"step_scale must be positive and finite, got {step_scale}")
+            return float(step_scale)
+        expect_dtype("step_scale", step_scale, FLOATS)
+        expect_same_device("step_scale", step_scale, self.D)
+        if length is None or step_scale.dim() == 1:
+            expect_shape("step_scale", step_scale, (batch,), "B")
+        else:
+            expect_shape("step_scale", step_scale, (batch, length), "BL")
+        if checks_enabled():
+            valid = step_scale if mask is None or step_scale.dim() == 1 else step_scale[mask]
+            if not bool((torch.isfinite(valid) & (valid > 0)).all()):
+                raise ValueError("step_scale must be positive and finite (at every valid step)")
+        return step_scale
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        u: torch.Tensor,
+        *,
+        step_scale: float | torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        resets: torch.Tensor | None = None,
+        state: torch.Tensor | None = None,
+        return_state: bool = False,
+    ):
+        """Run the layer over whole sequences with the parallel scan.
+
+        Args:
+            u: real (B, L, H), the layer's dtype.
+            step_scale: multiplies every Δ: float, (B,) per sequence, or (B, L) per step
+                (irregular sampling: the time elapsed since the previous step). Positive.
+            mask: bool (B, L), True at valid steps. Masked steps change neither the state
+                nor any valid output: with right padding the backward direction of a
+                bidirectional layer starts at each sequence's own last valid step. Right
+                padding takes a fast path; any other mask is handled as zero-length steps.
+                Outputs at masked steps are 0.
+            resets: bool (B, L): clear the state before step k (episode boundaries).
+            state: complex (B, P), the state carried in (from a previous chunk or `step`).
+            return_state: also return the state after the last valid step, complex (B, P).
+
+        Returns:
+            y real (B, L, H), or (y, final_state).
+        """
+        u = self._check_input("u", u, dims=3)
+        batch, length, _ = u.shape
+        if mask is not None:
+            mask = expect_bool_mask("mask", mask, batch, length)
+            expect_same_device("mask", mask, u)
+        if resets is not None:
+            expect_bool_mask("resets", resets, batch, length)
+            expect_same_device("resets", resets, u)
+        if self.bidirectional and return_state:
+            raise ValueError("return_state: a bidirectional S5SSM has no carried state")
+        if state is not None:
+            state = self._check_state(state, batch)
+        step_scale = self._check_step_scale(step_scale, batch, length, mask)
+
+        contiguous = mask is None or is_right_padded(mask)
+        if mask is not None and not contiguous:
+            # A masked step is a step of length zero: Λ̄ = 1, γ = 0, the state passes through.
+            full = step_scale if isinstance(step_scale, torch.Tensor) else None
+            if full is None:
+                full = u.new_full((batch, length), 1.0 if step_scale is None else step_scale)
+            elif full.dim() == 1:
+                full = full[:, None].expand(batch, length)
+            step_scale = full * mask
+        lambda_bar, gamma = self.discretized(step_scale)
+        bu = self._project_in(u, gamma)
+        if mask is not None and contiguous:
+            bu = bu * mask[..., None]
+
+        scan = lambda **kw: linear_scan(  # noqa: E731
+            lambda_bar, bu, resets=resets, backend=self.scan_backend, **kw
+        )
+        xs = scan(initial_state=state)
+        directions = [xs, scan(reverse=True)] if self.bidirectional else [xs]
+        y = self._project_out(directions, u)
+        if mask is not None:
+            y = y * mask[..., None]
+        if not return_state:
+            return y
+        if mask is None or not contiguous:
+            return y, xs[:, -1]
+        last = _last_true_index(mask)
+        final = xs[torch.arange(batch, device=u.device), last.clamp(min=0)]
+        carried = state if state is not None else torch.zeros_like(final)
+        return y, torch.where((last >= 0)[:, None], final, carried)
+
+    def step(
+        self,
+        u_k: torch.Tensor,
+        state: torch.Tensor | None = None,
+        *,
+        step_scale: float | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One recurrent step, O(1) in the sequence length.
+
+        Args:
+            u_k: real (B, H), the input at this step.
+            state: complex (B, P) or None (zeros).
+            step_scale: float or (B,), as in `forward`.
+
+        Returns:
+            (y_k real (B, H), new state complex (B, P)).
+        """
+        if self.bidirectional:
+            raise ValueError("step: a bidirectional S5SSM needs the whole sequence; use forward")
+        u_k = self._check_input("u_k", u_k, dims=2)
+        batch = u_k.shape[0]
+        state = self.init_state(batch) if state is None else self._check_state(state, batch)
+        step_scale = self._check_step_scale(step_scale, batch, None)
+        lambda_bar, gamma = self.discretized(step_scale)
+        if lambda_bar.dim() == 3:  # per-sequence step: (B, 1, P) -> (B, P)
+            lambda_bar, gamma = lambda_bar[:, 0], gamma[:, 0]
+        bu = torch.view_as_complex(F.linear(u_k, self._input_weight()).unflatten(-1, (self.num_states, 2)))
+        new_state = lambda_bar * state + gamma * bu
+        y = self._project_out([new_state], u_k)
+        return y, new_state
