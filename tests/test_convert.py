@@ -118,3 +118,85 @@ def test_bad_params_name_the_key(change, error, words):
     with pytest.raises(error) as info:
         from_official(params)
     assert words in str(info.value)
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def official_classifier(variables, x, activation, prenorm, pooling, ssm_options):
+    """The official ClassificationModel (eval mode) on one sequence x (L, D), NumPy float64."""
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    stack = params["encoder"]
+    h = x @ stack["encoder"]["kernel"] + stack["encoder"]["bias"]
+    i = 0
+    while f"layers_{i}" in stack:
+        layer = stack[f"layers_{i}"]
+
+        def norm(v):
+            scale, bias = layer["norm"]["scale"], layer["norm"]["bias"]
+            if "encoder" in stats:  # BatchNorm with running statistics
+                s = stats["encoder"][f"layers_{i}"]["norm"]
+                return (v - s["mean"]) / np.sqrt(s["var"] + 1e-5) * scale + bias
+            mu, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+            return (v - mu) / np.sqrt(var + 1e-6) * scale + bias
+
+        def dense(name, v):
+            return v @ layer[name]["kernel"] + layer[name]["bias"]
+
+        skip = h
+        v = norm(h) if prenorm else h
+        v = official_forward(layer["seq"], v, **ssm_options)
+        if activation == "full_glu":
+            g = _gelu_tanh(v)
+            v = dense("out1", g) * _sigmoid(dense("out2", g))
+        elif activation == "half_glu1":
+            g = _gelu_tanh(v)
+            v = g * _sigmoid(dense("out2", g))
+        elif activation == "half_glu2":
+            v = v * _sigmoid(dense("out2", _gelu_tanh(v)))
+        else:
+            v = _gelu_tanh(v)
+        h = skip + v
+        if not prenorm:
+            h = norm(h)
+        i += 1
+    pooled = h.mean(0) if pooling == "mean" else h[-1]
+    return pooled @ params["decoder"]["kernel"] + params["decoder"]["bias"]
+
+
+@pytest.mark.parametrize(
+    "activation,prenorm,batchnorm,pooling",
+    [("half_glu1", True, True, "mean"), ("full_glu", False, False, "last"),
+     ("half_glu2", True, False, "mean"), ("gelu", False, True, "last")],
+)  # fmt: skip
+def test_whole_official_model(activation, prenorm, batchnorm, pooling):
+    from s5ssm.convert import from_official_model
+
+    rng = np.random.default_rng(3)
+    D, H, P, n_out = 4, 5, 3, 7
+    dense = lambda i, o: {"kernel": rng.normal(0, 0.4, (i, o)), "bias": rng.normal(0, 0.1, o)}  # noqa: E731
+    stack, stats = {"encoder": dense(D, H)}, {}
+    for i in range(2):
+        layer = {"seq": official_layout(rng, H, P), "norm": {"scale": rng.uniform(0.5, 1.5, H), "bias": rng.normal(0, 0.1, H)}}
+        if activation == "full_glu":
+            layer["out1"] = dense(H, H)
+        if activation != "gelu":
+            layer["out2"] = dense(H, H)
+        stack[f"layers_{i}"] = layer
+        stats[f"layers_{i}"] = {"norm": {"mean": rng.normal(0, 0.3, H), "var": rng.uniform(0.5, 2.0, H)}}
+    variables = {"params": {"encoder": stack, "decoder": dense(H, n_out)}}
+    if batchnorm:
+        variables["batch_stats"] = {"encoder": stats}
+    ssm_options = dict(conj_sym=True, bidirectional=False, discretization="zoh", clip_eigs=False, step_rescale=1.0)
+    x = rng.normal(size=(2, 9, D))
+    expected = np.stack([official_classifier(variables, seq, activation, prenorm, pooling, ssm_options) for seq in x])
+
+    model = from_official_model(variables, activation=activation, prenorm=prenorm, pooling=pooling, dtype=torch.float64)
+    got = model(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    assert model.layers[0].norm.__class__.__name__ == ("SequenceBatchNorm" if batchnorm else "LayerNorm")

@@ -53,7 +53,7 @@ def make_norm(norm: str, size: int, bn_momentum: float) -> nn.Module:
     if norm == "batch":
         return SequenceBatchNorm(size, momentum=1.0 - bn_momentum)
     if norm == "layer":
-        return LayerNorm(size)
+        return LayerNorm(size, eps=1e-6)  # flax.linen.LayerNorm's epsilon
     if norm == "rms":
         return RMSNorm(size)
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

@@ -108,3 +108,94 @@ def from_official(
     state = {name: torch.as_tensor(value, dtype=dtype) for name, value in arrays.items()}
     layer.load_state_dict(state, strict=True)
     return layer
+
+
+def _dense(tree: Mapping, where: str) -> dict[str, np.ndarray]:
+    """A flax Dense {kernel (in, out), bias (out,)} as torch Linear {weight (out, in), bias}."""
+    if "kernel" not in tree or "bias" not in tree:
+        raise KeyError(f"{where}: expected a Dense layer with 'kernel' and 'bias', got {sorted(tree)}")
+    return {"weight": np.asarray(tree["kernel"]).T, "bias": np.asarray(tree["bias"])}
+
+
+def from_official_model(
+    variables: Mapping,
+    *,
+    activation: str = "half_glu1",
+    prenorm: bool = True,
+    pooling: str = "mean",
+    conj_sym: bool = True,
+    bidirectional: bool = False,
+    discretization: str = "zoh",
+    clip_eigs: bool = False,
+    step_rescale: float = 1.0,
+    scan_backend: str = "auto",
+    dtype: torch.dtype = torch.float32,
+):
+    """Build an S5Model from the variables of an official StackedEncoderModel or ClassificationModel.
+
+    Args:
+        variables: nested dicts of numpy arrays as flax stores them:
+            {"params": {"encoder": {"encoder": Dense, "layers_0": {"seq": S5SSM params,
+            "norm": {"scale", "bias"}, "out1"?: Dense, "out2"?: Dense}, ...},
+            "decoder"?: Dense}, "batch_stats"?: {"encoder": {"layers_0": {"norm":
+            {"mean", "var"}}}}} for a ClassificationModel; a StackedEncoderModel is the
+            inner {"encoder": Dense, "layers_i": ...} dict. Export one from a checkpoint
+            with jax.tree_util.tree_map(np.asarray, {"params": ..., "batch_stats": ...}).
+        activation, prenorm: the SequenceLayer options the model was trained with.
+        pooling: "mean" for the official mode "pool", "last" for mode "last".
+        conj_sym, bidirectional, discretization, clip_eigs, step_rescale: the SSM options.
+
+    Returns:
+        An S5Model in eval mode whose forward equals the official model's (the head
+        returns logits; the official classifier's log_softmax of them is monotone).
+    """
+    from .model import S5Model
+
+    params = variables.get("params", variables)
+    stats = variables.get("batch_stats", {})
+    stack, head = params, None
+    if "decoder" in params:  # ClassificationModel: StackedEncoderModel under "encoder"
+        stack, head = params["encoder"], params["decoder"]
+        stats = stats.get("encoder", {})
+    layer_names = sorted((k for k in stack if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+    if "encoder" not in stack or not layer_names:
+        raise KeyError(f"params: expected 'encoder' and 'layers_0'... in the encoder stack, got {sorted(stack)}")
+    if [int(k.split("_")[1]) for k in layer_names] != list(range(len(layer_names))):
+        raise KeyError(f"params: layer names must be layers_0..layers_N, got {layer_names}")
+
+    ssm_options = dict(conj_sym=conj_sym, bidirectional=bidirectional, discretization=discretization,
+                       clip_eigs=clip_eigs, step_rescale=step_rescale, scan_backend=scan_backend)  # fmt: skip
+    layers = [from_official(stack[name]["seq"], dtype=torch.float64, **ssm_options) for name in layer_names]
+    encoder = _dense(stack["encoder"], "params['encoder']")
+    norm = "batch" if any(name in stats for name in layer_names) else "layer"
+    model = S5Model(
+        embed_dim=encoder["weight"].shape[1],
+        hidden_size=encoder["weight"].shape[0],
+        state_size=layers[0].state_size,
+        num_layers=len(layers),
+        output_dim=None if head is None else np.shape(head["bias"])[0],
+        pooling=pooling,
+        blocks=layers[0].num_states,  # only shapes the initial A, which is replaced
+        norm=norm,
+        prenorm=prenorm,
+        activation=activation,
+        **ssm_options,
+    ).to(dtype)
+    state = {f"encoder.{k}": v for k, v in encoder.items()}
+    if head is not None:
+        state.update({f"head.{k}": v for k, v in _dense(head, "params['decoder']").items()})
+    for i, (name, ssm) in enumerate(zip(layer_names, layers)):
+        tree = stack[name]
+        state.update({f"layers.{i}.ssm.{k}": v for k, v in ssm.state_dict().items()})
+        state[f"layers.{i}.norm.weight"] = np.asarray(tree["norm"]["scale"])
+        state[f"layers.{i}.norm.bias"] = np.asarray(tree["norm"]["bias"])
+        if norm == "batch":
+            state[f"layers.{i}.norm.running_mean"] = np.asarray(stats[name]["norm"]["mean"])
+            state[f"layers.{i}.norm.running_var"] = np.asarray(stats[name]["norm"]["var"])
+            state[f"layers.{i}.norm.num_batches_tracked"] = torch.tensor(0)
+        for dense in ("out1", "out2"):
+            if dense in tree:
+                for k, v in _dense(tree[dense], f"params[{name!r}][{dense!r}]").items():
+                    state[f"layers.{i}.{dense}.{k}"] = v
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
+    return model.eval()
