@@ -157,12 +157,22 @@ class S5Block(nn.Module):
         Equals `forward` at that position in eval mode (BatchNorm then uses running
         statistics; a training-mode BatchNorm cannot be computed one step at a time).
         """
+        self.check_streamable()
+        x_k, state, step_scale = self.ssm.check_step_inputs(x_k, state, step_scale)
+        return self.recur(x_k, state, step_scale)
+
+    def check_streamable(self) -> None:
         if isinstance(self.norm, SequenceBatchNorm) and self.training:
             raise RuntimeError("step: BatchNorm needs running statistics, call .eval() first")
+
+    def recur(
+        self, x_k: torch.Tensor, state: torch.Tensor, step_scale: float | torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` without the argument checks, for callers that have made them."""
         skip = x_k
         if self.prenorm:
             x_k = self.norm(x_k)
-        y, state = self.ssm.step(x_k, state, step_scale=step_scale)
+        y, state = self.ssm.recur(x_k, state, step_scale)
         y = skip + self._mix(y)
         if not self.prenorm:
             y = self.norm(y)

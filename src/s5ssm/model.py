@@ -235,16 +235,32 @@ class S5Model(nn.Module):
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional model cannot run step by step")
+        x_t = expect_tensor("x_t", x_t)
         self._check_inputs(x_t[:, None], None)
+        step_scale = self._check_cache(cache, x_t.shape[0], step_scale)
         h = self.encoder(x_t)
         states = []
         for layer, state in zip(self.layers, cache["states"]):
-            h, state = layer.step(h, state, step_scale=step_scale)
+            h, state = layer.recur(h, state, step_scale)
             states.append(state)
         total, count = cache["sum"] + h, cache["count"] + 1
         pooled = total / count if self.pooling == "mean" else h
         out = self.head(pooled) if self.head is not None else pooled
         return out, {"states": states, "sum": total, "count": count}
+
+    def _check_cache(self, cache: object, batch: int, step_scale):
+        """Validate a streaming cache (structure, shapes, dtypes) and the step_scale; returns step_scale."""
+        if not isinstance(cache, dict) or not {"states", "sum", "count"} <= set(cache):
+            raise TypeError("cache must be the dict returned by init_cache() or step()")
+        if len(cache["states"]) != len(self.layers):
+            raise ValueError(f"cache: expected {len(self.layers)} layer states, got {len(cache['states'])}")
+        for i, (layer, state) in enumerate(zip(self.layers, cache["states"])):
+            layer.check_streamable()
+            expect_tensor(f"cache['states'][{i}]", state)
+            expect_dtype(f"cache['states'][{i}]", state, layer.ssm.complex_dtype)
+            expect_shape(f"cache['states'][{i}]", state, (batch, layer.ssm.num_states), "BP")
+        expect_shape("cache['sum']", cache["sum"], (batch, self.hidden_size), "BH")
+        return self.layers[0].ssm._check_step_scale(step_scale, batch, None)
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path) -> None:

@@ -119,6 +119,7 @@ class S5SSM(nn.Module):
             self.C = as_param(init.init_C(V, hidden_size, C_init, generator))
         self.D = as_param(torch.randn(hidden_size, dtype=torch.float64, generator=generator))
         self.log_step = as_param(init.init_log_step(self.num_states, dt_min, dt_max, generator))
+        self._step_cache: tuple | None = None  # see _step_operator
 
     # ------------------------------------------------------------------ parameters
     def extra_repr(self) -> str:
@@ -318,16 +319,48 @@ class S5SSM(nn.Module):
         Returns:
             (y_k real (B, H), new state complex (B, P)).
         """
+        u_k, state, step_scale = self.check_step_inputs(u_k, state, step_scale)
+        return self.recur(u_k, state, step_scale)
+
+    def check_step_inputs(self, u_k, state, step_scale):
+        """Validate the arguments of `step`; returns them with a zero state filled in."""
         if self.bidirectional:
             raise ValueError("step: a bidirectional S5SSM needs the whole sequence; use forward")
         u_k = self._check_input("u_k", u_k, dims=2)
         batch = u_k.shape[0]
         state = self.init_state(batch) if state is None else self._check_state(state, batch)
-        step_scale = self._check_step_scale(step_scale, batch, None)
-        lambda_bar, gamma = self.discretized(step_scale)
-        if lambda_bar.dim() == 3:  # per-sequence step: (B, 1, P) -> (B, P)
-            lambda_bar, gamma = lambda_bar[:, 0], gamma[:, 0]
-        bu = torch.view_as_complex(F.linear(u_k, self._input_weight()).unflatten(-1, (self.num_states, 2)))
-        new_state = lambda_bar * state + gamma * bu
-        y = self._project_out([new_state], u_k)
+        return u_k, state, self._check_step_scale(step_scale, batch, None)
+
+    def recur(
+        self, u_k: torch.Tensor, state: torch.Tensor, step_scale: float | torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step` without the argument checks, for callers that have made them."""
+        lambda_bar, gamma, w_in, w_out = self._step_operator(step_scale)
+        bu = torch.view_as_complex(F.linear(u_k, w_in).unflatten(-1, (self.num_states, 2)))
+        new_state = lambda_bar * state + (bu if gamma is None else gamma * bu)
+        y = torch.addcmul(F.linear(torch.view_as_real(new_state).flatten(-2), w_out), u_k, self.D)
         return y, new_state
+
+    def _step_operator(self, step_scale):
+        """(Λ̄, γ or None, W_in, W_out) for `recur`; γ is folded into W_in for a scalar step.
+
+        While gradients are off (inference) the operator for a scalar step is cached until
+        a parameter changes (in place or by replacement), so a frame costs two small GEMMs
+        and one complex multiply-add instead of a fresh discretisation.
+        """
+        scalar = not isinstance(step_scale, torch.Tensor)
+        key = None
+        if scalar and not torch.is_grad_enabled():
+            params = tuple(self._parameters.values())  # S5SSM has no submodules
+            if not any(p.is_inference() for p in params):
+                key = (step_scale, self.step_rescale, tuple((id(p), p._version) for p in params))
+        if key is not None and self._step_cache is not None and self._step_cache[0] == key:
+            return self._step_cache[1]
+        lambda_bar, gamma = self.discretized(step_scale)
+        if scalar:
+            operator = (lambda_bar, None, self._input_weight(gamma), self._output_weights()[0])
+        else:  # per-sequence step (B,): Λ̄, γ of shape (B, 1, P) -> (B, P)
+            operator = (lambda_bar[:, 0], gamma[:, 0], self._input_weight(), self._output_weights()[0])
+        if key is not None:
+            self._step_cache = (key, operator)
+        return operator
