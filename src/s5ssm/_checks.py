@@ -51,8 +51,11 @@ def checks_enabled() -> bool:
 
 
 def expect_finite(name: str, tensor: torch.Tensor) -> None:
-    if checks_enabled() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+    """Raise ValueError on any NaN or ±Inf, in one pass (aminmax propagates NaN)."""
+    if checks_enabled() and tensor.numel():
+        low, high = torch.aminmax(tensor.detach())
+        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+            raise ValueError(f"{name} contains NaN or Inf values")
 
 
 def expect_bool_mask(name: str, tensor: object, batch: int, length: int) -> torch.Tensor:

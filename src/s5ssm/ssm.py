@@ -170,10 +170,8 @@ class S5SSM(nn.Module):
 
     def _project_out(self, states: list[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """y = Σ_directions Re(C~ x) (·2 with conj_sym) + D ⊙ u: complex (B, L, P) -> real (B, L, H)."""
-        y = u * self.D
-        for x, w in zip(states, self._output_weights()):
-            y = y + F.linear(torch.view_as_real(x).flatten(-2), w)
-        return y
+        outs = [F.linear(torch.view_as_real(x).flatten(-2), w) for x, w in zip(states, self._output_weights())]
+        return torch.addcmul(outs[0] if len(outs) == 1 else outs[0] + outs[1], u, self.D)
 
     # ------------------------------------------------------------------ checks
     @property
