@@ -63,13 +63,13 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
 from .dataset import SequenceDataset
 
 __all__ = ["DataFormatError", "load_file", "read_ts", "read_npz", "save_npz", "dataset_info"]
@@ -690,16 +690,5 @@ def save_npz(
 
 
 def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, compress: bool = False) -> None:
-    """np.savez to a temporary file in the same directory, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            (np.savez_compressed if compress else np.savez)(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez into `path` atomically (see s5ssm.io.atomic_write)."""
+    atomic_write(path, lambda handle: (np.savez_compressed if compress else np.savez)(handle, **arrays))
