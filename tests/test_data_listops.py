@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -116,17 +115,13 @@ def test_parens_mirror_lra_text():
     check(ds, min_length=10, max_length=60, max_depth=5, max_args=10, parens=True)
 
 
-def test_default_lengths_labels_and_speed():
-    """LRA settings (lengths 500..2000, depth 10, 10 args): labels, bounds, and the pace."""
-    start = time.perf_counter()
+def test_default_lengths_labels():
+    """LRA settings (lengths 500..2000, depth 10, 10 args): labels and bounds."""
     seqs, labels = listops.generate_listops(600, np.random.default_rng(7))
-    elapsed = time.perf_counter() - start
     from s5ssm.data import SequenceDataset
 
     check(SequenceDataset(seqs, labels), min_length=500, max_length=2000, max_depth=10, max_args=10)
     assert len(np.unique(labels)) == 10
-    # 10k sequences must take well under a minute (~0.8 ms each here); 600 in < 6 s is a loose bound
-    assert elapsed < 6.0, f"{elapsed:.2f}s for 600 sequences"
 
 
 def test_generator_evaluator_agrees_and_rejects_bad_input():
