@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import expect_bool_mask, expect_dtype, expect_shape, expect_tensor
 from .ssm import S5SSM
 
 NORMS = ("batch", "layer", "rms")
@@ -135,6 +136,12 @@ class S5Block(nn.Module):
         return_state: bool = False,
     ):
         """x: real (B, L, H). Other arguments as in S5SSM.forward. Returns y (B, L, H) [, state]."""
+        # the norm runs before the SSM's own checks: check what it reads here
+        x = expect_tensor("x", x)
+        expect_dtype("x", x, self.ssm.D.dtype)
+        expect_shape("x", x, (None, None, self.ssm.hidden_size), "BLH")
+        if mask is not None:
+            expect_bool_mask("mask", mask, x.shape[0], x.shape[1])
         skip = x
         if self.prenorm:
             x = self.norm(x, mask)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checks import expect_bool_mask, expect_dtype, expect_shape, expect_tensor
+from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_shape, expect_tensor
 from .block import S5Block
 from .io import atomic_write_text, load_safetensors, save_safetensors
 
@@ -151,16 +151,20 @@ class S5Model(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(self, x, mask):
-        x = expect_tensor("x", x)
+    def _check_inputs(self, x, mask, name="x", stepping=False):
+        """Check x (B, L[, D]) for `forward`, or x_t (B[, D]) for `step` (stepping=True)."""
+        x = expect_tensor(name, x)
+        lead, labels = ((None,), "B") if stepping else ((None, None), "BL")
         if self.vocab_size is not None:
-            expect_dtype("x", x, (torch.int64, torch.int32))
-            expect_shape("x", x, (None, None), "BL")
+            expect_dtype(name, x, (torch.int64, torch.int32))
+            expect_shape(name, x, lead, labels)
             if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
-                raise ValueError(f"x: token ids must be in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}]")
+                raise ValueError(f"{name}: token ids must be in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}]")
         else:
-            expect_shape("x", x, (None, None, self.embed_dim), "BLD")
-        if self.window_size is not None and x.shape[1] > self.window_size:
+            expect_dtype(name, x, self.encoder.weight.dtype)
+            expect_shape(name, x, lead + (self.embed_dim,), labels + "D")
+            expect_finite(name, x)
+        if not stepping and self.window_size is not None and x.shape[1] > self.window_size:
             raise ValueError(f"x: sequence length {x.shape[1]} exceeds window_size={self.window_size}")
         if mask is not None:
             expect_bool_mask("mask", mask, x.shape[0], x.shape[1])
@@ -235,8 +239,7 @@ class S5Model(nn.Module):
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional model cannot run step by step")
-        x_t = expect_tensor("x_t", x_t)
-        self._check_inputs(x_t[:, None], None)
+        x_t = self._check_inputs(x_t, None, "x_t", stepping=True)
         step_scale = self._check_cache(cache, x_t.shape[0], step_scale)
         h = self.encoder(x_t)
         states = []
@@ -252,6 +255,8 @@ class S5Model(nn.Module):
         """Validate a streaming cache (structure, shapes, dtypes) and the step_scale; returns step_scale."""
         if not isinstance(cache, dict) or not {"states", "sum", "count"} <= set(cache):
             raise TypeError("cache must be the dict returned by init_cache() or step()")
+        if not isinstance(cache["states"], (list, tuple)):
+            raise TypeError(f"cache['states'] must be a list of layer states, got {type(cache['states']).__name__}")
         if len(cache["states"]) != len(self.layers):
             raise ValueError(f"cache: expected {len(self.layers)} layer states, got {len(cache['states'])}")
         for i, (layer, state) in enumerate(zip(self.layers, cache["states"])):
@@ -259,7 +264,15 @@ class S5Model(nn.Module):
             expect_tensor(f"cache['states'][{i}]", state)
             expect_dtype(f"cache['states'][{i}]", state, layer.ssm.complex_dtype)
             expect_shape(f"cache['states'][{i}]", state, (batch, layer.ssm.num_states), "BP")
+            expect_finite(f"cache['states'][{i}]", torch.view_as_real(state))
+        expect_tensor("cache['sum']", cache["sum"])
+        expect_dtype("cache['sum']", cache["sum"], self.layers[0].ssm.D.dtype)
         expect_shape("cache['sum']", cache["sum"], (batch, self.hidden_size), "BH")
+        count = cache["count"]
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"cache['count'] must be an int, got {type(count).__name__} {count!r}")
+        if count < 0:
+            raise ValueError(f"cache['count'] must be >= 0, got {count}")
         return self.layers[0].ssm._check_step_scale(step_scale, batch, None)
 
     # ------------------------------------------------------------------ files
@@ -278,5 +291,10 @@ class S5Model(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: no {CONFIG_NAME} (not a save_pretrained directory)")
         model = cls(**json.loads(config_path.read_text()))
-        model.load_state_dict(load_safetensors(directory / WEIGHTS_NAME, device=map_location))
+        weights = load_safetensors(directory / WEIGHTS_NAME, device=map_location)
+        # keep the saved precision (load_state_dict would cast into the default dtype)
+        dtypes = {t.dtype for t in weights.values() if t.is_floating_point()}
+        if len(dtypes) == 1:
+            model = model.to(dtypes.pop())
+        model.load_state_dict(weights)
         return model.to(map_location)

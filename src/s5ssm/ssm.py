@@ -248,7 +248,8 @@ class S5SSM(nn.Module):
                 bidirectional layer starts at each sequence's own last valid step. Right
                 padding takes a fast path; any other mask is handled as zero-length steps.
                 Outputs at masked steps are 0.
-            resets: bool (B, L): clear the state before step k (episode boundaries).
+            resets: bool (B, L): clear the state before step k (episode boundaries; the
+                backward direction of a bidirectional layer stops at them too).
             state: complex (B, P), the state carried in (from a previous chunk or `step`).
             return_state: also return the state after the last valid step, complex (B, P).
 
@@ -270,6 +271,9 @@ class S5SSM(nn.Module):
         step_scale = self._check_step_scale(step_scale, batch, length, mask)
 
         contiguous = mask is None or is_right_padded(mask)
+        if mask is not None and isinstance(step_scale, torch.Tensor) and step_scale.dim() == 2:
+            # values at masked steps are unchecked (may be 0, NaN, ...): never let them in
+            step_scale = torch.where(mask, step_scale, torch.zeros_like(step_scale))
         if mask is not None and not contiguous:
             # A masked step is a step of length zero: Λ̄ = 1, γ = 0, the state passes through.
             full = step_scale if isinstance(step_scale, torch.Tensor) else None
@@ -277,17 +281,19 @@ class S5SSM(nn.Module):
                 full = u.new_full((batch, length), 1.0 if step_scale is None else step_scale)
             elif full.dim() == 1:
                 full = full[:, None].expand(batch, length)
-            step_scale = full * mask
+            step_scale = torch.where(mask, full, torch.zeros_like(full))
         lambda_bar, gamma = self.discretized(step_scale)
         bu = self._project_in(u, gamma)
         if mask is not None and contiguous:
             bu = bu * mask[..., None]
 
-        scan = lambda **kw: linear_scan(  # noqa: E731
-            lambda_bar, bu, resets=resets, backend=self.scan_backend, **kw
-        )
-        xs = scan(initial_state=state)
-        directions = [xs, scan(reverse=True)] if self.bidirectional else [xs]
+        xs = linear_scan(lambda_bar, bu, initial_state=state, resets=resets, backend=self.scan_backend)
+        directions = [xs]
+        if self.bidirectional:
+            # An episode starting at step k ends the backward pass at k: the reverse scan
+            # clears the state carried from k into k-1, i.e. its reset flags move one step left.
+            rev = None if resets is None else torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
+            directions.append(linear_scan(lambda_bar, bu, resets=rev, reverse=True, backend=self.scan_backend))
         y = self._project_out(directions, u)
         if mask is not None:
             y = y * mask[..., None]

@@ -1,0 +1,279 @@
+"""Bad input: every public entry point raises ValueError/TypeError naming the argument and, for
+shapes and dtypes, the expected and received shape or dtype."""
+
+import pytest
+import torch
+
+from s5ssm import S5Block, S5Model, S5SSM, linear_scan
+
+NAN = float("nan")
+INF = float("inf")
+f64, c128 = torch.float64, torch.complex128
+
+
+def check(exc, fn, *words):
+    with pytest.raises(exc) as err:
+        fn()
+    msg = str(err.value)
+    for w in words:
+        assert w in msg, f"{w!r} not in {msg!r}"
+
+
+# ---------------------------------------------------------------- linear_scan
+def scan_args(B=2, L=4, P=3):
+    return torch.full((P,), 0.5 + 0j, dtype=c128), torch.ones(B, L, P, dtype=c128)
+
+
+SCAN_CASES = {
+    "bu not a tensor": (TypeError, lambda lam, bu: linear_scan(lam, bu.tolist()), ["bu", "torch.Tensor", "list"]),
+    "bu real": (TypeError, lambda lam, bu: linear_scan(lam, bu.real), ["bu", "complex64 or complex128", "float64"]),
+    "bu rank": (ValueError, lambda lam, bu: linear_scan(lam, bu[0]), ["bu", "[B, L, P]", "[4, 3]"]),
+    "lambda dtype": (TypeError, lambda lam, bu: linear_scan(lam.to(torch.complex64), bu),
+                     ["lambda_bar", "complex128", "complex64"]),
+    "lambda real": (TypeError, lambda lam, bu: linear_scan(lam.real, bu), ["lambda_bar", "float64"]),
+    "lambda P": (ValueError, lambda lam, bu: linear_scan(torch.cat([lam, lam]), bu), ["lambda_bar", "[P=3]", "[6]"]),
+    "lambda B": (ValueError, lambda lam, bu: linear_scan(lam.expand(3, 1, 3), bu), ["lambda_bar", "B=2", "[3, 1, 3]"]),
+    "lambda L": (ValueError, lambda lam, bu: linear_scan(lam.expand(2, 3, 3), bu), ["lambda_bar", "L=4", "[2, 3, 3]"]),
+    "lambda rank": (ValueError, lambda lam, bu: linear_scan(lam.expand(4, 3), bu), ["lambda_bar", "[4, 3]"]),
+    "state shape": (ValueError, lambda lam, bu: linear_scan(lam, bu, initial_state=bu[:, 0, :2]),
+                    ["initial_state", "[B=2, P=3]", "[2, 2]"]),
+    "state dtype": (TypeError, lambda lam, bu: linear_scan(lam, bu, initial_state=bu[:, 0].real),
+                    ["initial_state", "complex128", "float64"]),
+    "resets dtype": (TypeError, lambda lam, bu: linear_scan(lam, bu, resets=torch.zeros(2, 4)),
+                     ["resets", "bool", "float32"]),
+    "resets shape": (ValueError, lambda lam, bu: linear_scan(lam, bu, resets=torch.zeros(2, 5, dtype=torch.bool)),
+                     ["resets", "[B=2, L=4]", "[2, 5]"]),
+    "backend": (ValueError, lambda lam, bu: linear_scan(lam, bu, backend="fast"), ["backend", "'fast'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SCAN_CASES))
+def test_linear_scan_errors(case):
+    exc, fn, words = SCAN_CASES[case]
+    lam, bu = scan_args()
+    check(exc, lambda: fn(lam, bu), *words)
+
+
+# ---------------------------------------------------------------- S5SSM
+def layer64(**kw):
+    torch.manual_seed(0)
+    return S5SSM(3, 4, **kw).double()
+
+
+U = lambda B=2, L=5: torch.randn(B, L, 3, dtype=f64)  # noqa: E731
+MASK = torch.ones(2, 5, dtype=torch.bool)
+
+FORWARD_CASES = {
+    "u not a tensor": (TypeError, dict(u=[[1.0]]), ["u", "torch.Tensor"]),
+    "u rank": (ValueError, dict(u=torch.randn(5, 3, dtype=f64)), ["u", "[B, L, H=3]", "[5, 3]"]),
+    "u features": (ValueError, dict(u=torch.randn(2, 5, 4, dtype=f64)), ["u", "[B, L, H=3]", "[2, 5, 4]"]),
+    "u dtype": (TypeError, dict(u=torch.randn(2, 5, 3)), ["u", "float64", "float32"]),
+    "u int": (TypeError, dict(u=torch.ones(2, 5, 3, dtype=torch.int64)), ["u", "float64", "int64"]),
+    "u empty": (ValueError, dict(u=torch.randn(2, 0, 3, dtype=f64)), ["u", "length >= 1", "[2, 0, 3]"]),
+    "u NaN": (ValueError, dict(u=U().index_put_((torch.tensor([1]), torch.tensor([2])), torch.tensor(NAN, dtype=f64))),
+              ["u", "NaN"]),
+    "u Inf": (ValueError, dict(u=U().clamp(max=0).index_fill_(1, torch.tensor([4]), INF)), ["u", "Inf"]),
+    "mask shape": (ValueError, dict(mask=torch.ones(2, 4, dtype=torch.bool)), ["mask", "[B=2, L=5]", "[2, 4]"]),
+    "mask dtype": (TypeError, dict(mask=torch.ones(2, 5)), ["mask", "bool", "float32"]),
+    "mask not a tensor": (TypeError, dict(mask=[[True] * 5] * 2), ["mask", "torch.Tensor"]),
+    "resets shape": (ValueError, dict(resets=torch.zeros(5, 2, dtype=torch.bool)), ["resets", "[B=2, L=5]", "[5, 2]"]),
+    "resets dtype": (TypeError, dict(resets=torch.zeros(2, 5, dtype=torch.int64)), ["resets", "bool", "int64"]),
+    "step_scale [B+1]": (ValueError, dict(step_scale=torch.ones(3, dtype=f64)), ["step_scale", "[B=2]", "[3]"]),
+    "step_scale [B, L+1]": (ValueError, dict(step_scale=torch.ones(2, 6, dtype=f64)),
+                            ["step_scale", "[B=2, L=5]", "[2, 6]"]),
+    "step_scale rank 3": (ValueError, dict(step_scale=torch.ones(2, 5, 1, dtype=f64)),
+                          ["step_scale", "[B=2, L=5]", "[2, 5, 1]"]),
+    "step_scale 0-dim": (ValueError, dict(step_scale=torch.tensor(1.0, dtype=f64)), ["step_scale", "got []"]),
+    "step_scale int dtype": (TypeError, dict(step_scale=torch.ones(2, dtype=torch.int64)),
+                             ["step_scale", "float32 or float64", "int64"]),
+    "step_scale complex": (TypeError, dict(step_scale=torch.ones(2, dtype=c128)), ["step_scale", "complex128"]),
+    "step_scale str": (TypeError, dict(step_scale="1.0"), ["step_scale", "str"]),
+    "step_scale bool": (TypeError, dict(step_scale=True), ["step_scale", "bool"]),
+    "step_scale 0": (ValueError, dict(step_scale=0.0), ["step_scale", "positive"]),
+    "step_scale negative": (ValueError, dict(step_scale=-1), ["step_scale", "positive", "-1"]),
+    "step_scale NaN": (ValueError, dict(step_scale=NAN), ["step_scale", "nan"]),
+    "step_scale inf": (ValueError, dict(step_scale=INF), ["step_scale", "inf"]),
+    "step_scale tensor 0": (ValueError, dict(step_scale=torch.tensor([1.0, 0.0], dtype=f64)), ["step_scale", "positive"]),
+    "step_scale tensor NaN": (ValueError, dict(step_scale=torch.ones(2, 5, dtype=f64).index_fill_(1, torch.tensor([3]), NAN)),
+                              ["step_scale", "finite"]),
+    "step_scale NaN at valid step": (ValueError, dict(mask=MASK.clone().index_fill_(1, torch.tensor([4]), False),
+                                                      step_scale=torch.ones(2, 5, dtype=f64).index_fill_(1, torch.tensor([3]), NAN)),
+                                     ["step_scale", "valid"]),
+    "state shape": (ValueError, dict(state=torch.zeros(2, 3, dtype=c128)), ["state", "[B=2, P=2]", "[2, 3]"]),
+    "state dtype": (TypeError, dict(state=torch.zeros(2, 2, dtype=torch.complex64)), ["state", "complex128", "complex64"]),
+    "state real": (TypeError, dict(state=torch.zeros(2, 2, dtype=f64)), ["state", "complex128", "float64"]),
+    "state NaN": (ValueError, dict(state=torch.full((2, 2), complex(0, NAN), dtype=c128)), ["state", "NaN"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FORWARD_CASES))
+def test_ssm_forward_errors(case):
+    exc, kw, words = FORWARD_CASES[case]
+    layer = layer64()
+    u = kw.pop("u", U())
+    check(exc, lambda: layer(u, **kw), *words)
+    kw["u"] = u  # the dict is shared between runs
+
+
+def test_masked_step_scale_values_are_not_checked():
+    layer = layer64()
+    mask = MASK.clone()
+    mask[0, 3:] = False
+    scale = torch.ones(2, 5, dtype=f64)
+    scale[0, 3:] = NAN
+    assert torch.isfinite(layer(U(), mask=mask, step_scale=scale)).all()
+
+
+def test_bidirectional_has_no_state():
+    layer = layer64(bidirectional=True)
+    check(ValueError, lambda: layer(U(), return_state=True), "return_state", "bidirectional")
+    check(ValueError, lambda: layer(U(), state=torch.zeros(2, 2, dtype=c128)), "state", "bidirectional")
+    check(ValueError, lambda: layer.step(torch.randn(2, 3, dtype=f64)), "step", "bidirectional")
+    block = S5Block(3, 4, norm="layer", bidirectional=True).double().eval()
+    check(ValueError, lambda: block.step(torch.randn(2, 3, dtype=f64)), "step", "bidirectional")
+
+
+STEP_CASES = {
+    "u_k rank": (ValueError, dict(u_k=torch.randn(2, 1, 3, dtype=f64)), ["u_k", "[B, H=3]", "[2, 1, 3]"]),
+    "u_k features": (ValueError, dict(u_k=torch.randn(2, 4, dtype=f64)), ["u_k", "[B, H=3]", "[2, 4]"]),
+    "u_k dtype": (TypeError, dict(u_k=torch.randn(2, 3)), ["u_k", "float64", "float32"]),
+    "u_k NaN": (ValueError, dict(u_k=torch.full((2, 3), NAN, dtype=f64)), ["u_k", "NaN"]),
+    "state batch": (ValueError, dict(state=torch.zeros(3, 2, dtype=c128)), ["state", "[B=2, P=2]", "[3, 2]"]),
+    "state dtype": (TypeError, dict(state=torch.zeros(2, 2, dtype=torch.complex64)), ["state", "complex128"]),
+    "state Inf": (ValueError, dict(state=torch.full((2, 2), INF, dtype=c128)), ["state", "Inf"]),
+    "step_scale [B, L]": (ValueError, dict(step_scale=torch.ones(2, 5, dtype=f64)), ["step_scale", "[B=2]", "[2, 5]"]),
+    "step_scale negative": (ValueError, dict(step_scale=torch.tensor([1.0, -1.0], dtype=f64)), ["step_scale", "positive"]),
+    "step_scale 0": (ValueError, dict(step_scale=0), ["step_scale", "positive"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(STEP_CASES))
+def test_ssm_step_errors(case):
+    exc, kw, words = STEP_CASES[case]
+    kw = dict(kw)
+    u_k = kw.pop("u_k", torch.randn(2, 3, dtype=f64))
+    check(exc, lambda: layer64().step(u_k, **kw), *words)
+
+
+CONSTRUCTOR_CASES = {
+    "blocks divide": (lambda: S5SSM(3, 6, 4), ["state_size", "6", "blocks", "4"]),
+    "blocks zero": (lambda: S5SSM(3, 6, 0), ["blocks"]),
+    "odd block conj_sym": (lambda: S5SSM(3, 6, 2), ["conj_sym", "even", "6/2 = 3"]),
+    "odd state conj_sym": (lambda: S5SSM(3, 5), ["conj_sym", "5/1 = 5"]),
+    "discretization": (lambda: S5SSM(3, 4, discretization="euler"), ["discretization", "'euler'", "zoh"]),
+    "C_init": (lambda: S5SSM(3, 4, C_init="xavier"), ["C_init", "'xavier'", "lecun_normal"]),
+    "dt_min > dt_max": (lambda: S5SSM(3, 4, dt_min=0.1, dt_max=0.01), ["dt_min=0.1", "dt_max=0.01"]),
+    "dt_min <= 0": (lambda: S5SSM(3, 4, dt_min=0.0), ["dt_min=0.0"]),
+    "step_rescale": (lambda: S5SSM(3, 4, step_rescale=0.0), ["step_rescale", "0.0"]),
+    "hidden_size": (lambda: S5SSM(0, 4), ["hidden_size"]),
+    "scan_backend": (lambda: S5SSM(3, 4, scan_backend="gpu")(torch.randn(1, 2, 3)), ["backend", "'gpu'"]),
+    "norm": (lambda: S5Block(3, 4, norm="group"), ["norm", "'group'", "batch"]),
+    "activation": (lambda: S5Block(3, 4, activation="relu"), ["activation", "'relu'", "half_glu1"]),
+    "dropout": (lambda: S5Block(3, 4, dropout=1.0), ["dropout", "1.0"]),
+    "pooling": (lambda: S5Model(embed_dim=2, pooling="max"), ["pooling", "'max'", "mean"]),
+    "embed_dim and vocab_size": (lambda: S5Model(embed_dim=2, vocab_size=5), ["embed_dim", "vocab_size"]),
+    "neither embed_dim nor vocab_size": (lambda: S5Model(), ["embed_dim", "vocab_size"]),
+    "num_layers": (lambda: S5Model(embed_dim=2, num_layers=0), ["num_layers", "0"]),
+    "window_size": (lambda: S5Model(embed_dim=2, window_size=0), ["window_size", "0"]),
+    "model conj_sym odd block": (lambda: S5Model(embed_dim=2, state_size=12, blocks=4), ["conj_sym", "12/4 = 3"]),
+    "model unknown norm": (lambda: S5Model(embed_dim=2, norm="instance"), ["norm", "'instance'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONSTRUCTOR_CASES))
+def test_constructor_errors(case):
+    fn, words = CONSTRUCTOR_CASES[case]
+    check(ValueError, fn, *words)
+
+
+# ---------------------------------------------------------------- S5Block / S5Model forward
+def test_block_forward_errors():
+    block = S5Block(3, 4, norm="layer").double()
+    check(ValueError, lambda: block(torch.randn(2, 5, 4, dtype=f64)), "x", "[B, L, H=3]", "[2, 5, 4]")
+    check(TypeError, lambda: block(torch.randn(2, 5, 3)), "x", "float64", "float32")
+    bn = S5Block(3, 4, norm="batch").double().train()
+    check(ValueError, lambda: bn(U(), mask=torch.ones(2, 6, dtype=torch.bool)), "mask", "[B=2, L=5]", "[2, 6]")
+    check(TypeError, lambda: bn(U(), mask=torch.ones(2, 5)), "mask", "bool", "float32")
+    check(ValueError, lambda: block(U(), mask=torch.ones(2, 6, dtype=torch.bool)), "mask", "[B=2, L=5]", "[2, 6]")
+    check(TypeError, lambda: block(U(), mask=torch.ones(2, 5, dtype=torch.int64)), "mask", "bool", "int64")
+    check(ValueError, lambda: block(U(), step_scale=-2.0), "step_scale")
+    check(ValueError, lambda: block.step(torch.randn(2, 3, dtype=f64), torch.zeros(2, 5, dtype=c128)),
+          "state", "[B=2, P=2]", "[2, 5]")  # fmt: skip
+
+
+def model64(**kw):
+    opts = dict(embed_dim=3, hidden_size=4, state_size=4, num_layers=2, norm="layer")
+    opts.update(kw)
+    return S5Model(**opts).double().eval()
+
+
+MODEL_CASES = {
+    "x rank": (ValueError, {}, torch.randn(2, 3, dtype=f64), ["x", "[B, L, D=3]", "[2, 3]"]),
+    "x features": (ValueError, {}, torch.randn(2, 5, 4, dtype=f64), ["x", "[B, L, D=3]", "[2, 5, 4]"]),
+    "x dtype": (TypeError, {}, torch.randn(2, 5, 3), ["x", "float64", "float32"]),
+    "x NaN": (ValueError, {}, torch.full((2, 5, 3), NAN, dtype=f64), ["x", "NaN"]),
+    "x not a tensor": (TypeError, {}, [[0.0]], ["x", "torch.Tensor"]),
+    "window": (ValueError, dict(window_size=4), torch.randn(2, 5, 3, dtype=f64), ["window_size=4", "5"]),
+    "tokens float": (TypeError, dict(vocab_size=7, embed_dim=None), torch.zeros(2, 5), ["x", "int64", "float32"]),
+    "tokens rank": (ValueError, dict(vocab_size=7, embed_dim=None), torch.zeros(2, 5, 1, dtype=torch.int64),
+                    ["x", "[B, L]", "[2, 5, 1]"]),
+    "tokens range": (ValueError, dict(vocab_size=7, embed_dim=None), torch.full((2, 5), 7), ["x", "[0, 7)", "7"]),
+    "tokens negative": (ValueError, dict(vocab_size=7, embed_dim=None), torch.full((2, 5), -1), ["x", "-1"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_model_forward_errors(case):
+    exc, kw, x, words = MODEL_CASES[case]
+    check(exc, lambda: model64(**kw)(x), *words)
+
+
+def test_model_forward_argument_errors():
+    model = model64()
+    x = U()
+    check(ValueError, lambda: model(x, mask=torch.ones(2, 4, dtype=torch.bool)), "mask", "[B=2, L=5]", "[2, 4]")
+    check(TypeError, lambda: model(x, mask=torch.ones(2, 5)), "mask", "bool")
+    check(ValueError, lambda: model(x, resets=torch.ones(1, 5, dtype=torch.bool)), "resets", "[B=2, L=5]", "[1, 5]")
+    check(ValueError, lambda: model(x, step_scale=torch.ones(2, 4, dtype=f64)), "step_scale", "[B=2, L=5]", "[2, 4]")
+    check(TypeError, lambda: model(x, step_scale=torch.ones(2, dtype=torch.int32)), "step_scale", "int32")
+    check(ValueError, lambda: model(x, step_scale=NAN), "step_scale")
+
+
+# ---------------------------------------------------------------- S5Model streaming
+def test_model_step_errors():
+    model = model64()
+    cache = model.init_cache(2)
+    x_t = torch.randn(2, 3, dtype=f64)
+    check(ValueError, lambda: model.step(torch.randn(2, 1, 3, dtype=f64), cache), "x_t", "[B, D=3]", "[2, 1, 3]")
+    check(ValueError, lambda: model.step(torch.randn(2, 4, dtype=f64), cache), "x_t", "[B, D=3]", "[2, 4]")
+    check(TypeError, lambda: model.step(torch.randn(2, 3), cache), "x_t", "float64", "float32")
+    check(ValueError, lambda: model.step(torch.full((2, 3), INF, dtype=f64), cache), "x_t", "Inf")
+    check(TypeError, lambda: model.step(x_t, None), "cache", "init_cache")
+    check(TypeError, lambda: model.step(x_t, {"states": []}), "cache", "init_cache")
+    check(ValueError, lambda: model.step(x_t, model.init_cache(3)), "cache['states'][0]", "[B=2, P=2]", "[3, 2]")
+    bad = dict(cache, states=cache["states"][:1])
+    check(ValueError, lambda: model.step(x_t, bad), "cache", "2 layer states", "got 1")
+    bad = dict(cache, states=tuple(s.to(torch.complex64) for s in cache["states"]))
+    check(TypeError, lambda: model.step(x_t, bad), "cache['states'][0]", "complex128", "complex64")
+    bad = dict(cache, states=[cache["states"][0], torch.full((2, 2), complex(NAN, 0), dtype=c128)])
+    check(ValueError, lambda: model.step(x_t, bad), "cache['states'][1]", "NaN")
+    check(TypeError, lambda: model.step(x_t, dict(cache, states="x")), "cache['states']", "str")
+    check(ValueError, lambda: model.step(x_t, dict(cache, sum=torch.zeros(2, 5, dtype=f64))),
+          "cache['sum']", "[B=2, H=4]", "[2, 5]")  # fmt: skip
+    check(TypeError, lambda: model.step(x_t, dict(cache, sum=torch.zeros(2, 4))), "cache['sum']", "float64", "float32")
+    check(ValueError, lambda: model.step(x_t, dict(cache, count=-1)), "cache['count']", "-1")
+    check(TypeError, lambda: model.step(x_t, dict(cache, count="3")), "cache['count']", "'3'")
+    check(ValueError, lambda: model.step(x_t, cache, step_scale=torch.ones(2, 5, dtype=f64)),
+          "step_scale", "[B=2]", "[2, 5]")  # fmt: skip
+    check(ValueError, lambda: model.step(x_t, cache, step_scale=-0.5), "step_scale", "positive")
+    tokens = model64(vocab_size=5, embed_dim=None)
+    tcache = tokens.init_cache(2)
+    check(ValueError, lambda: tokens.step(torch.zeros(2, 1, dtype=torch.int64), tcache), "x_t", "[B]", "[2, 1]")
+    check(ValueError, lambda: tokens.step(torch.full((2,), 5), tcache), "x_t", "[0, 5)")
+    check(TypeError, lambda: tokens.step(torch.zeros(2), tcache), "x_t", "int64", "float32")
+    bi = model64(bidirectional=True)
+    check(ValueError, lambda: bi.init_cache(2), "init_cache", "bidirectional")
+    check(ValueError, lambda: bi.step(x_t, cache), "step", "bidirectional")
+    train_bn = model64(norm="batch").train()
+    with pytest.raises(RuntimeError, match="eval"):
+        train_bn.step(x_t, train_bn.init_cache(2))
