@@ -1,0 +1,106 @@
+"""The compiled CPU scan (scan/cpu.py) against the reference loop: values, gradients, compile."""
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s5ssm.scan import cpu, linear_scan, reference
+
+B, L, P = 3, 7, 5
+LAMBDA_SHAPES = [(P,), (B, 1, P), (1, L, P), (B, L, P), (1, 1, P)]
+
+
+def random_inputs(lam_shape, batch, length, size, dtype=torch.complex128, init=True, resets=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    radius = torch.rand(lam_shape, generator=g, dtype=real) * 0.95
+    lam = (radius * torch.exp(1j * 3 * torch.rand(lam_shape, generator=g, dtype=real))).to(dtype)
+    bu = torch.randn(batch, length, size, generator=g, dtype=dtype)
+    s0 = torch.randn(batch, size, generator=g, dtype=dtype) if init else None
+    r = (torch.rand(batch, length, generator=g) < 0.3) if resets else None
+    return lam, bu, s0, r
+
+
+@pytest.mark.parametrize(
+    "lam_shape,init,resets,reverse", list(itertools.product(LAMBDA_SHAPES, [False, True], [False, True], [False, True]))
+)
+def test_matches_reference_and_gradcheck(lam_shape, init, resets, reverse):
+    lam, bu, s0, r = random_inputs(lam_shape, B, L, P, init=init, resets=resets)
+    torch.testing.assert_close(cpu.scan(lam, bu, s0, reverse, r), reference.scan(lam, bu, s0, reverse, r), rtol=1e-12, atol=1e-12)
+    leaves = [t.requires_grad_() for t in (lam, bu) + ((s0,) if init else ())]
+    fn = lambda *xs: cpu.scan(xs[0], xs[1], xs[2] if init else None, reverse, r)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, tuple(leaves))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_float32_values_and_gradients_match_reference(reverse):
+    lam, bu, s0, r = random_inputs((P * 4,), 4, 300, P * 4, dtype=torch.complex64, seed=3)
+    for t in (lam, bu, s0):
+        t.requires_grad_()
+    weight = torch.randn(4, 300, P * 4, dtype=torch.complex64)
+    outs, grads = [], []
+    for fn in (cpu.scan, reference.scan):
+        out = fn(lam, bu, s0, reverse, r)
+        outs.append(out)
+        grads.append(torch.autograd.grad((out * weight).real.sum(), (lam, bu, s0)))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_length_one_and_batch_one():
+    for shape in [(1,), (1, 1, 1)]:
+        lam, bu, s0, r = random_inputs(shape, 1, 1, 1)
+        torch.testing.assert_close(cpu.scan(lam, bu, s0, False, r), reference.scan(lam, bu, s0, False, r))
+
+
+def test_auto_backend_on_cpu_is_the_compiled_one(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu, "scan", lambda *args: calls.append(args) or reference.scan(*args))
+    monkeypatch.delenv("S5SSM_SCAN_BACKEND", raising=False)
+    lam, bu, _, _ = random_inputs((P,), B, L, P)
+    linear_scan(lam, bu)
+    assert len(calls) == 1
+
+
+def test_inference_mode_and_no_grad():
+    lam, bu, s0, r = random_inputs((B, L, P), B, L, P)
+    expected = reference.scan(lam, bu, s0, False, r)
+    with torch.inference_mode():
+        torch.testing.assert_close(cpu.scan(lam, bu, s0, False, r), expected)
+    with torch.no_grad():
+        out = cpu.scan(lam.requires_grad_(), bu, s0, False, r)
+    assert not out.requires_grad
+
+
+@pytest.mark.skipif(not hasattr(torch.library, "custom_op"), reason="custom ops need torch >= 2.4")
+def test_torch_compile_fullgraph_forward_and_backward():
+    lam, bu, s0, r = random_inputs((P,), B, L, P)
+    lam.requires_grad_()
+    bu.requires_grad_()
+
+    def loss(lam, bu):
+        return (linear_scan(lam, bu, initial_state=s0, resets=r, backend="cpu") * 1.5).abs().sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(lam, bu), (lam, bu))
+    want = torch.autograd.grad(loss(lam, bu), (lam, bu))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 4),
+    length=st.integers(1, 37),
+    size=st.integers(1, 40),
+    varying=st.booleans(),
+    reverse=st.booleans(),
+)
+def test_property_random_shapes(batch, length, size, varying, reverse):
+    shape = (batch, length, size) if varying else (size,)
+    lam, bu, s0, r = random_inputs(shape, batch, length, size, seed=batch * 1000 + length)
+    torch.testing.assert_close(cpu.scan(lam, bu, s0, reverse, r), reference.scan(lam, bu, s0, reverse, r), rtol=1e-12, atol=1e-12)
