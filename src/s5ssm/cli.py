@@ -1,0 +1,267 @@
+"""The `s5ssm` command: train, eval, predict, tasks, bench.
+
+    s5ssm train [--task NAME | --data FILE [--test-data FILE]] [--config FILE] [options]
+    s5ssm train --resume RUN_DIR
+    s5ssm eval RUN_DIR [--split test|val|train]
+    s5ssm predict RUN_DIR --data FILE [--out FILE]
+    s5ssm tasks
+    s5ssm bench [--quick] ...
+
+Options resolve in this order, later winning: built-in defaults, the task's defaults,
+the --config file (YAML or TOML, keys equal to the option names), the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .memory import keep_freed_memory
+from .model import S5Model
+
+DEFAULT_TASK = "digits"
+TRAIN_DEFAULTS = {
+    "model": "s5", "task": None, "data": None, "test_data": None, "size": "default", "seed": 0,
+    "epochs": 10, "batch_size": 32, "ssm_lr": 1e-3, "lr_factor": 1.0, "weight_decay": 0.05,
+    "warmup_epochs": 1, "lr_min": 0.0, "grad_clip": 0.0, "opt_config": "standard", "dt_global": False,
+    "device": "cpu", "checkpoint_every": 50, "quiet": False,
+}  # fmt: skip
+TRAIN_HELP = {
+    "model": "s5, or an lstm / gru baseline trained by the same harness",
+    "task": "a built-in task (see `s5ssm tasks`)",
+    "data": "a .ts or .npz training file (X_TRAIN.ts takes X_TEST.ts as its test split)",
+    "test_data": "the test split's file",
+    "size": "task size preset: default, tiny, or another the task defines",
+    "ssm_lr": "learning rate of Λ, B, log Δ and the norms (no weight decay)",
+    "lr_factor": "the other parameters train at lr_factor · ssm_lr with weight decay",
+    "opt_config": "standard | BandCdecay | BfastandCdecay | noBCdecay (the paper's groupings)",
+    "dt_global": "train log Δ with the other parameters at the global learning rate",
+    "warmup_epochs": "linear warmup, then cosine decay to lr_min",
+    "grad_clip": "clip the gradient norm to this value (0: off)",
+    "checkpoint_every": "also checkpoint every this many steps inside an epoch (0: epochs only)",
+    "quiet": "no progress bars",
+}
+MODEL_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(S5Model).parameters.items()
+    if name not in ("embed_dim", "vocab_size", "output_dim", "window_size")
+}
+ALL_DEFAULTS = {**TRAIN_DEFAULTS, **MODEL_DEFAULTS}
+
+
+def _type_of(default):
+    if isinstance(default, bool):
+        return None
+    return type(default) if default is not None else str
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option, named as the option; defaults are resolved later (None = unset)."""
+    for group_name, names in (("training", TRAIN_DEFAULTS), ("model (S5Model options)", MODEL_DEFAULTS)):
+        group = parser.add_argument_group(group_name)
+        for name in names:
+            default = ALL_DEFAULTS[name]
+            help_text = TRAIN_HELP.get(name, "") + f" (default: {default})"
+            flag = "--" + name
+            aliases = [flag] + (["--" + name.replace("_", "-")] if "_" in name else [])
+            if isinstance(default, bool):
+                group.add_argument(*aliases, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                group.add_argument(*aliases, dest=name, type=_type_of(default), default=None, help=help_text)
+
+
+def read_config_file(path: str) -> dict:
+    """Options from a YAML or TOML file; unknown keys are an error naming the key."""
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"error: --config {path}: no such file")
+    text = file.read_text()
+    try:
+        if file.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
+            values = tomllib.loads(text)
+        else:
+            values = yaml.safe_load(text) or {}
+    except Exception as exc:  # noqa: BLE001 - a parse error of either format
+        raise SystemExit(f"error: --config {path}: cannot parse: {exc}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"error: --config {path}: expected a mapping of option names to values")
+    allowed = set(ALL_DEFAULTS) | {"task_options"}
+    for key, value in values.items():
+        if key not in allowed:
+            raise SystemExit(f"error: --config {path}: unknown option {key!r}")
+        default = ALL_DEFAULTS.get(key)
+        if default is not None and value is not None and not isinstance(value, type(default)):
+            if not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
+                raise SystemExit(f"error: --config {path}: {key} must be a {type(default).__name__}, got {value!r}")
+    return values
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    from .data import get_task
+
+    given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
+    from_file = read_config_file(args.config) if args.config else {}
+    source = {**from_file, **given}
+    if source.get("task") and source.get("data"):
+        raise SystemExit("error: give --task or --data, not both")
+    if not source.get("task") and not source.get("data"):
+        source["task"] = DEFAULT_TASK
+    cfg = dict(ALL_DEFAULTS)
+    if source.get("task"):
+        try:
+            task = get_task(source["task"], **(source.get("task_options") or {}))
+        except (KeyError, ValueError) as exc:
+            raise SystemExit(f"error: --task {source['task']}: {exc}") from None
+        cfg.update(task.model_defaults)
+        cfg.update(task.train_defaults)
+    cfg.update(source)
+    for name in ("epochs", "batch_size"):
+        if cfg[name] < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {cfg[name]}")
+    if cfg["model"] not in ("s5", "lstm", "gru"):
+        raise SystemExit(f"error: --model must be s5, lstm or gru, got {cfg['model']!r}")
+    return cfg
+
+
+def _default_run_dir(cfg: dict) -> Path:
+    import time
+
+    name = cfg.get("task") or Path(cfg["data"]).stem
+    return Path("runs") / f"{name}-{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from . import trainer
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise SystemExit(f"error: --resume {run_dir}: not a run directory (no config.yaml)")
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg["quiet"] = cfg["quiet"] or bool(args.quiet)
+        summary = trainer.train(cfg, run_dir, resume=True)
+    else:
+        cfg = resolve_config(args)
+        run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
+        summary = trainer.train(cfg, run_dir)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    metric = summary["metric"]
+    print(f"\nsummary ({summary['model']} on {summary['task']}, {summary['param_count']:,} parameters, "
+          f"{summary['wall_seconds']:.0f} s, best epoch {summary['best_epoch']})")  # fmt: skip
+    for split in ("train", "val", "test"):
+        r = summary["results"][split]
+        print(f"  {split} {metric}: {r[metric]:.4f}   (loss {r['loss']:.4f})")
+    print(f"  run directory: {summary['run_dir']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import trainer
+
+    cfg, model, data = trainer.load_run(args.run_dir)
+    result = trainer.evaluate(model, data.splits[args.split], data.info, int(cfg["batch_size"]), "cpu")
+    print(json.dumps({"split": args.split, **result}))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import trainer
+    from .data import collate, load_file
+
+    cfg, model, data = trainer.load_run(args.run_dir)
+    dataset, _ = load_file(args.data)
+    out_path = Path(args.out or "predictions.csv")
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), 64):
+            batch = collate([dataset[i] for i in range(start, min(len(dataset), start + 64))])
+            kwargs = {"mask": batch["mask"]}
+            if "step_scale" in batch:
+                kwargs["step_scale"] = batch["step_scale"]
+            out = model(batch["x"], **kwargs)
+            for offset, values in enumerate(out):
+                index = start + offset
+                if data.info["kind"] == "classification":
+                    probs = torch.softmax(values, -1)
+                    rows.append([index, int(probs.argmax())] + [f"{p:.6g}" for p in probs.tolist()])
+                else:
+                    flat = values[batch["mask"][offset]] if values.dim() == 2 else values
+                    rows.append([index, ""] + [f"{v:.6g}" for v in flat.flatten().tolist()])
+    with out_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        width = max(len(r) for r in rows) - 2
+        names = "p" if data.info["kind"] == "classification" else "y"
+        writer.writerow(["index", "prediction"] + [f"{names}{i}" for i in range(width)])
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} predictions to {out_path}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .data import list_tasks
+
+    for name, description in list_tasks():
+        print(f"{name:<12} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s5ssm", description="S5 state space models: train, evaluate, benchmark.")
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="train and evaluate a model (default: the digits task)")
+    train.add_argument("--config", help="YAML or TOML file whose keys are option names")
+    train.add_argument("--run_dir", "--run-dir", dest="run_dir", help="where to write the run (default: runs/...)")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    _add_options(train)
+    train.set_defaults(run=cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a run's best checkpoint on a split")
+    ev.add_argument("run_dir")
+    ev.add_argument("--split", choices=("train", "val", "test"), default="test")
+    ev.set_defaults(run=cmd_eval)
+    pr = sub.add_parser("predict", help="write a run's predictions for a data file as CSV")
+    pr.add_argument("run_dir")
+    pr.add_argument("--data", required=True, help="a .ts or .npz file")
+    pr.add_argument("--out", help="output CSV (default: predictions.csv)")
+    pr.set_defaults(run=cmd_predict)
+    sub.add_parser("tasks", help="list the built-in tasks").set_defaults(run=cmd_tasks)
+    bench = sub.add_parser("bench", help="speed and memory benchmarks (see `s5ssm bench --help`)", add_help=False)
+    bench.set_defaults(run=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
+    if argv[:1] == ["bench"]:
+        from . import bench
+
+        return bench.main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv or ["train"])
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

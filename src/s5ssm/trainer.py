@@ -1,0 +1,383 @@
+"""Training and evaluation: the paper's optimiser set-up, exact resume, a run directory.
+
+A run directory holds
+    config.yaml          the resolved configuration (every option, after defaults)
+    metrics_steps.csv    step, epoch, lr, loss
+    metrics_epochs.csv   epoch, train/val loss and metric, seconds
+    curves.png           training and validation curves (when matplotlib is installed)
+    checkpoints/         see s5ssm.checkpoint ("last" and "best")
+    summary.json         final metrics per split, best epoch, wall time, parameter count
+
+Exact resume: each epoch's order is a permutation drawn from (seed, epoch); a checkpoint
+stores the model, optimizer, torch RNG state (dropout), the position inside the epoch and
+the epoch's running sums; the learning rate is a pure function of the global step. So a
+run killed at any point and resumed from its last checkpoint ends with the same metrics,
+bit for bit, as a run never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader
+
+from . import checkpoint
+from .baselines import RNNModel
+from .data import SequenceDataset, collate, get_task, load_file, seeded_split
+from .io import atomic_write_text
+from .model import S5Model
+
+OPT_CONFIGS = ("standard", "BandCdecay", "BfastandCdecay", "noBCdecay")
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    splits: dict[str, SequenceDataset]
+    info: dict  # kind, metric, input_dim | vocab_size, output_dim, per_step, ...
+
+
+def _test_sibling(path: Path) -> Path | None:
+    for tag in ("_TRAIN", "_train", "-train", "_Train"):
+        if tag in path.stem:
+            sibling = path.with_name(path.stem.replace(tag, tag.replace("rain", "est").replace("RAIN", "EST")) + path.suffix)
+            return sibling if sibling.is_file() else None
+    return None
+
+
+def load_data(cfg: dict) -> Data:
+    """The train/val/test splits named by cfg (task, or data [+ test_data]), deterministic from cfg["seed"]."""
+    seed = int(cfg["seed"])
+    if cfg.get("task"):
+        task = get_task(cfg["task"], **(cfg.get("task_options") or {}))
+        splits = task.make(seed=seed, size=cfg.get("size") or "default")
+        info = dict(task.info)
+    else:
+        path = Path(cfg["data"])
+        train, info = load_file(path)
+        test_path = Path(cfg["test_data"]) if cfg.get("test_data") else _test_sibling(path)
+        stratify = info["kind"] == "classification"
+        if test_path is not None:
+            test, _ = load_file(test_path)
+        else:
+            test, train = seeded_split(train, 0.2, seed, stratify=stratify)
+        val, train = seeded_split(train, 0.1, seed + 1, stratify=stratify)
+        splits = {"train": train, "val": val, "test": test}
+        info["metric"] = "accuracy" if info["kind"] == "classification" else "mse"
+    return Data(splits, info)
+
+
+# ---------------------------------------------------------------------------- model
+def build_model(cfg: dict, info: dict) -> torch.nn.Module:
+    inputs = {"vocab_size": info["vocab_size"]} if info.get("vocab_size") else {"embed_dim": info["input_dim"]}
+    pooling = "none" if info.get("per_step") else cfg["pooling"]
+    if cfg["model"] == "s5":
+        options = {k: cfg[k] for k in S5_OPTIONS}
+        options["pooling"] = pooling
+        return S5Model(**inputs, output_dim=info["output_dim"], **options)
+    return RNNModel(cfg["model"], **inputs, hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"],
+                    dropout=cfg["dropout"], output_dim=info["output_dim"], pooling=pooling)  # fmt: skip
+
+
+S5_OPTIONS = (
+    "hidden_size", "state_size", "num_layers", "dropout", "pooling", "blocks", "norm", "prenorm", "activation",
+    "bn_momentum", "conj_sym", "clip_eigs", "bidirectional", "discretization", "C_init", "dt_min", "dt_max",
+    "step_rescale", "scan_backend",
+)  # fmt: skip
+
+
+def parameter_groups(model: torch.nn.Module, cfg: dict) -> list[dict]:
+    """The paper's optimiser groups (lindermanlab/S5 train_helpers.create_train_state).
+
+    "ssm":     Adam at ssm_lr, no weight decay: Λ, log Δ (unless dt_global), norms, and
+               B (standard, noBCdecay), C and D (noBCdecay)
+    "ssm_wd":  AdamW at ssm_lr with weight decay: B (BandCdecay)
+    "regular": AdamW at lr = lr_factor·ssm_lr with weight decay: everything else
+    """
+    opt = cfg["opt_config"]
+    if opt not in OPT_CONFIGS:
+        raise ValueError(f"opt_config must be one of {OPT_CONFIGS}, got {opt!r}")
+    ssm = {"Lambda_re", "Lambda_im"} | (set() if cfg["dt_global"] else {"log_step"})
+    if opt in ("standard", "noBCdecay"):
+        ssm.add("B")
+    if opt == "noBCdecay":
+        ssm |= {"C", "C1", "C2", "D"}
+    ssm_wd = {"B"} if opt == "BandCdecay" else set()
+    groups: dict[str, list] = {"ssm": [], "ssm_wd": [], "regular": []}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        leaf = parts[-1]
+        in_ssm = len(parts) > 1 and parts[-2] == "ssm"
+        if (in_ssm and leaf in ssm) or ".norm." in f".{name}":
+            groups["ssm"].append(param)
+        elif in_ssm and leaf in ssm_wd:
+            groups["ssm_wd"].append(param)
+        else:
+            groups["regular"].append(param)
+    ssm_lr, lr, wd = cfg["ssm_lr"], cfg["ssm_lr"] * cfg["lr_factor"], cfg["weight_decay"]
+    spec = {"ssm": (ssm_lr, 0.0), "ssm_wd": (ssm_lr, wd), "regular": (lr, wd)}
+    return [
+        {"params": params, "lr": spec[name][0], "base_lr": spec[name][0], "weight_decay": spec[name][1], "name": name}
+        for name, params in groups.items()
+        if params
+    ]
+
+
+def lr_factor_at(step: int, warmup_steps: int, total_steps: int, base: float, lr_min: float) -> float:
+    """Linear warmup from 0 over warmup_steps, then cosine decay from base to lr_min."""
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------------------- batches
+def _loader(dataset: SequenceDataset, batch_size: int, order: np.ndarray | None = None) -> DataLoader:
+    items = dataset if order is None else dataset.subset(order)
+    return DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5E5]).permutation(n)
+
+
+def batch_loss(model, batch: dict, info: dict, device) -> tuple[torch.Tensor, float, float, float]:
+    """(mean loss, loss sum, metric sum, count) of one batch.
+
+    Classification: cross-entropy, metric = correct predictions, count = sequences.
+    Regression: squared error, metric = squared error, count = target elements (valid steps only).
+    """
+    x, mask, y = batch["x"].to(device), batch["mask"].to(device), batch["y"].to(device)
+    kwargs = {"mask": mask}
+    if "step_scale" in batch:
+        kwargs["step_scale"] = batch["step_scale"].to(device)
+    out = model(x, **kwargs)
+    if info["kind"] == "classification":
+        loss_sum = F.cross_entropy(out, y, reduction="sum")
+        count = y.shape[0]
+        metric = float((out.argmax(-1) == y).sum())
+    else:
+        err = (out - y.to(out.dtype)) ** 2
+        if info.get("per_step"):
+            err = err * mask[..., None]
+            count = int(mask.sum()) * y.shape[-1]
+        else:
+            count = err.numel()
+        loss_sum = err.sum()
+        metric = float(loss_sum.detach())
+    return loss_sum / max(count, 1), float(loss_sum.detach()), metric, count
+
+
+@torch.no_grad()
+def evaluate(model, dataset: SequenceDataset, info: dict, batch_size: int, device) -> dict:
+    """{"loss", metric name: value} over the whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss, metric, count = 0.0, 0.0, 0
+    for batch in _loader(dataset, batch_size):
+        _, l_sum, m_sum, n = batch_loss(model, batch, info, device)
+        loss, metric, count = loss + l_sum, metric + m_sum, count + n
+    model.train(was_training)
+    return {"loss": loss / max(count, 1), info["metric"]: metric / max(count, 1)}
+
+
+# ---------------------------------------------------------------------------- run
+class _Progress:
+    """tqdm over the batches of an epoch (stderr, off when not a terminal or quiet)."""
+
+    def __init__(self, total: int, initial: int, epoch: int, quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        disable = quiet or not os.isatty(2)
+        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}", disable=disable, leave=False)
+
+    def update(self, loss: float, metric_name: str, metric: float, rate: float) -> None:
+        self.bar.set_postfix({"loss": f"{loss:.4f}", metric_name: f"{metric:.4f}", "seq/s": f"{rate:.0f}"})
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _truncate_csv(path: Path, key: str, limit: float) -> None:
+    """Drop rows written after the checkpoint being resumed (key > limit)."""
+    if not path.exists():
+        return
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [r for r in rows if float(r[key]) <= limit]
+    text = ""
+    if kept:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(kept[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+        text = buffer.getvalue()
+    atomic_write_text(path, text)
+
+
+def _plot(run_dir: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with (run_dir / "metrics_epochs.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    metric = [k[len("val_"):] for k in rows[0] if k.startswith("val_") and k != "val_loss"][0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", metric)):
+        ax.plot(epochs, [float(r[f"train_{key}"]) for r in rows], label="train")
+        ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "curves.png", dpi=100)
+    plt.close(fig)
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    return best is None or (value > best if metric == "accuracy" else value < best)
+
+
+def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> dict:
+    """Train per cfg into run_dir (or continue it with resume=True); returns the summary dict."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if not resume:
+        if (ckpt_dir / "last.json").exists():
+            raise FileExistsError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --run_dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    device = torch.device(cfg["device"])
+    torch.manual_seed(int(cfg["seed"]))
+    data = load_data(cfg)
+    info = data.info
+    model = build_model(cfg, info).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg))
+    train_set = data.splits["train"]
+    batch_size = int(cfg["batch_size"])
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    total_steps, warmup_steps = steps_per_epoch * int(cfg["epochs"]), steps_per_epoch * int(cfg["warmup_epochs"])
+    metric_name = info["metric"]
+
+    progress = {"epoch": 0, "batch": 0, "global_step": 0, "sums": [0.0, 0.0, 0], "best": None,
+                "best_epoch": None, "seconds": 0.0}  # fmt: skip
+    if resume:
+        state = checkpoint.load(ckpt_dir, "last")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        progress = state["progress"]
+        _truncate_csv(run_dir / "metrics_steps.csv", "step", progress["global_step"])
+        _truncate_csv(run_dir / "metrics_epochs.csv", "epoch", progress["epoch"] - 1)
+        log(f"resuming {run_dir} at epoch {progress['epoch']}, batch {progress['batch']}")
+    log(f"{cfg['model']} model, {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"{len(train_set)} train / {len(data.splits['val'])} val / {len(data.splits['test'])} test sequences")  # fmt: skip
+
+    def save(pointers):
+        checkpoint.save(ckpt_dir, model, optimizer, progress, pointers)
+
+    kill_step = int(os.environ.get("S5SSM_KILL_AT_STEP", "-1"))  # fault injection for the resume test
+    start_time = time.perf_counter() - progress["seconds"]
+    every = int(cfg["checkpoint_every"])
+    for epoch in range(progress["epoch"], int(cfg["epochs"])):
+        model.train()
+        order = epoch_order(len(train_set), int(cfg["seed"]), epoch)
+        bar = _Progress(steps_per_epoch, progress["batch"], epoch, cfg["quiet"])
+        tick = time.perf_counter()
+        for index, batch in enumerate(_loader(train_set, batch_size, order)):
+            if index < progress["batch"]:
+                continue  # done before the checkpoint this run resumed from
+            step = progress["global_step"]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_factor_at(step, warmup_steps, total_steps, group["base_lr"], cfg["lr_min"])
+            loss, l_sum, m_sum, count = batch_loss(model, batch, info, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+            optimizer.step()
+            sums = progress["sums"]
+            progress["sums"] = [sums[0] + l_sum, sums[1] + m_sum, sums[2] + count]
+            progress["batch"], progress["global_step"] = index + 1, step + 1
+            _append_csv(run_dir / "metrics_steps.csv", {"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], "loss": float(loss.detach())})
+            now = time.perf_counter()
+            bar.update(float(loss.detach()), metric_name, m_sum / max(count, 1), len(batch["y"]) / max(now - tick, 1e-9))
+            tick = now
+            if step + 1 == kill_step:
+                os.kill(os.getpid(), 9)
+            if every and (step + 1) % every == 0 and index + 1 < steps_per_epoch:
+                progress["seconds"] = time.perf_counter() - start_time
+                save(("last",))
+        bar.close()
+        total_loss, total_metric, total_count = progress["sums"]
+        val = evaluate(model, data.splits["val"], info, batch_size, device)
+        row = {"epoch": epoch, "train_loss": total_loss / max(total_count, 1),
+               f"train_{metric_name}": total_metric / max(total_count, 1),
+               "val_loss": val["loss"], f"val_{metric_name}": val[metric_name],
+               "seconds": round(time.perf_counter() - start_time, 2)}  # fmt: skip
+        _append_csv(run_dir / "metrics_epochs.csv", row)
+        log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
+            f"val loss {val['loss']:.4f} {metric_name} {val[metric_name]:.4f}")  # fmt: skip
+        improved = _better(metric_name, val[metric_name], progress["best"])
+        if improved:
+            progress["best"], progress["best_epoch"] = val[metric_name], epoch
+        progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - start_time)
+        save(("last", "best") if improved else ("last",))
+        _plot(run_dir)
+
+    best = checkpoint.load(ckpt_dir, "best")
+    model.load_state_dict(best["model"])
+    results = {split: evaluate(model, ds, info, batch_size, device) for split, ds in data.splits.items()}
+    summary = {
+        "model": cfg["model"],
+        "task": cfg.get("task") or cfg.get("data"),
+        "metric": metric_name,
+        "best_epoch": progress["best_epoch"],
+        "results": results,
+        "param_count": sum(p.numel() for p in model.parameters()),
+        "wall_seconds": round(time.perf_counter() - start_time, 1),
+        "run_dir": str(run_dir),
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> tuple[dict, torch.nn.Module, Data]:
+    """(config, model with the `which` checkpoint's weights, data) of a run directory."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = yaml.safe_load(config_path.read_text())
+    data = load_data(cfg)
+    model = build_model(cfg, data.info)
+    model.load_state_dict(checkpoint.load(run_dir / "checkpoints", which)["model"])
+    return cfg, model.eval(), data
