@@ -255,17 +255,24 @@ def bench_step(quick: bool, repeats: int) -> dict:
 
 # ---------------------------------------------------------------------------- memory
 _MEMORY_CHILD = """
-import resource, sys, torch
+import sys, torch
 from s5ssm.bench import _layer_and_input
 from s5ssm.memory import keep_freed_memory
 keep_freed_memory()
+def status(field):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field))
 mode, length, backend, hidden, state, batch = sys.argv[1], int(sys.argv[2]), sys.argv[3], *map(int, sys.argv[4:])
 layer, u = _layer_and_input(dict(batch=batch, length=length, hidden=hidden, layer_state=state), backend)
 u.requires_grad_()
 scale = torch.rand(batch, length) + 0.5 if mode == "irregular" else 1.0
-if mode != "baseline":
-    layer(u, step_scale=scale).sum().backward()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+layer(u[:, :2], step_scale=scale if mode == "scalar" else scale[:, :2]).sum().backward()  # compile/load kernels
+u.grad = None
+layer.zero_grad(set_to_none=True)
+before = status("VmRSS:")
+with open("/proc/self/clear_refs", "w") as handle:
+    handle.write("5")  # reset the high-water mark VmHWM to the current RSS
+layer(u, step_scale=scale).sum().backward()
+print(status("VmHWM:") - before)
 """
 
 
@@ -280,17 +287,16 @@ def _peak_kib(mode: str, length: int, backend: str, size: dict) -> int:
 def bench_memory(size: dict) -> dict:
     rows = []
     for length in size["memory_lengths"]:
-        baseline = _peak_kib("baseline", length, "cpu", size)
-        row = {"L": length, "baseline_MiB": baseline / 1024}
+        row: dict = {"L": length}
         for backend in ("cpu", "parallel"):
             if backend == "parallel" and length > 16384:
                 row[f"{backend}_MiB"] = None  # grows past this machine's budget: not run
                 continue
-            row[f"{backend}_MiB"] = (_peak_kib("scalar", length, backend, size) - baseline) / 1024
-        row["cpu_irregular_MiB"] = (_peak_kib("irregular", length, "cpu", size) - baseline) / 1024
+            row[f"{backend}_MiB"] = _peak_kib("scalar", length, backend, size) / 1024
+        row["cpu_irregular_MiB"] = _peak_kib("irregular", length, "cpu", size) / 1024
         rows.append(row)
-    return {"method": "peak RSS (ru_maxrss) of layer forward+backward minus a subprocess that only builds "
-                      "the layer and input", "rows": rows}  # fmt: skip
+    return {"method": "growth of peak RSS (VmHWM, reset just before) over one forward+backward, "
+                      "in a fresh process per cell", "rows": rows}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- report

@@ -58,7 +58,7 @@ def _forward_kernel(lam, bu, init, resets, reverse, splits, out):  # pragma: no 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _backward_kernel(lam, states, init, resets, reverse, splits, grad, d_bu, d_lam, d_init):  # pragma: no cover
-    """d_lam: (B, 1|L, P) zeros, one row per sequence; d_init: (B, P); carry lives in d_init."""
+    """d_lam: (B, 1|L, P) zeros, one row per sequence; d_init: (B, P)."""
     batch, length, size = states.shape
     lam_b = 1 if lam.shape[0] > 1 else 0
     lam_l = 1 if lam.shape[1] > 1 else 0
@@ -67,24 +67,26 @@ def _backward_kernel(lam, states, init, resets, reverse, splits, grad, d_bu, d_l
         b = task // splits
         lo = (task % splits) * width
         hi = min(size, lo + width)
-        for p in range(lo, hi):
-            d_init[b, p] = 0
+        carry = np.zeros(hi - lo, dtype=states.dtype)  # conj(Λ̄_{k+1}) g_{k+1}
         for i in range(length):
             k = i if reverse else length - 1 - i  # against the scan's direction
             prev = k + 1 if reverse else k - 1
-            first = i == length - 1  # x_{prev} is the initial state
             a = lam_l * k
             if resets[b, k]:
                 for p in range(lo, hi):
-                    d_bu[b, k, p] = grad[b, k, p] + d_init[b, p]
-                    d_init[b, p] = 0
-            else:
-                for p in range(lo, hi):
-                    g = grad[b, k, p] + d_init[b, p]
-                    d_bu[b, k, p] = g
-                    x = init[b, p] if first else states[b, prev, p]
-                    d_lam[b, a, p] += g * np.conj(x)
-                    d_init[b, p] = np.conj(lam[lam_b * b, a, p]) * g
+                    d_bu[b, k, p] = grad[b, k, p] + carry[p - lo]
+                    carry[p - lo] = 0
+                continue
+            x_prev = init[b] if i == length - 1 else states[b, prev]
+            lam_k = lam[lam_b * b, a]
+            row = d_lam[b, a]
+            for p in range(lo, hi):
+                g = grad[b, k, p] + carry[p - lo]
+                d_bu[b, k, p] = g
+                row[p] += g * np.conj(x_prev[p])
+                carry[p - lo] = np.conj(lam_k[p]) * g
+        for p in range(lo, hi):
+            d_init[b, p] = carry[p - lo]
 
 
 def _splits(batch: int, size: int) -> int:
