@@ -145,7 +145,9 @@ def lr_factor_at(step: int, warmup_steps: int, total_steps: int, base: float, lr
 # ---------------------------------------------------------------------------- batches
 def _loader(dataset: SequenceDataset, batch_size: int, order: np.ndarray | None = None) -> DataLoader:
     items = dataset if order is None else dataset.subset(order)
-    return DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    # A private generator: a DataLoader iterator otherwise draws its base seed from the
+    # global torch RNG, which also drives dropout, and a resumed run would drift.
+    return DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate, generator=torch.Generator())
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -1,0 +1,177 @@
+"""End to end on tiny tasks: the CLI, exact resume after SIGKILL, atomic checkpoints, configs, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from s5ssm import checkpoint
+from s5ssm.cli import main
+from s5ssm.trainer import parameter_groups
+
+TINY = ["--task", "digits", "--size", "tiny", "--epochs", "2", "--batch_size", "16", "--hidden_size", "16",
+        "--state_size", "8", "--blocks", "1", "--num_layers", "2", "--quiet"]  # fmt: skip
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_cli(args, env=None, check=True):
+    """Run `python -m s5ssm ARGS` in a fresh process (the way users and torchrun start it)."""
+    full_env = dict(os.environ, PYTHONPATH=SRC, **(env or {}))
+    out = subprocess.run([sys.executable, "-m", "s5ssm", *args], capture_output=True, text=True, env=full_env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def summary(run_dir):
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def final_weights(run_dir):
+    return checkpoint.load(Path(run_dir) / "checkpoints", "last")["model"]
+
+
+def test_train_eval_predict_and_run_directory(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--run_dir", str(run)]) == 0
+    for name in ("config.yaml", "metrics_steps.csv", "metrics_epochs.csv", "summary.json"):
+        assert (run / name).is_file(), name
+    result = summary(run)
+    assert result["metric"] == "accuracy" and 0.0 <= result["results"]["test"]["accuracy"] <= 1.0
+    with (run / "metrics_epochs.csv").open() as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [0, 1]
+    out = run_cli(["eval", str(run), "--split", "test"])
+    assert json.loads(out.stdout)["accuracy"] == pytest.approx(result["results"]["test"]["accuracy"])
+
+    from s5ssm.data import get_task, save_npz
+
+    data = get_task("digits").make(seed=0, size="tiny")["test"]
+    save_npz(data, tmp_path / "new.npz")
+    preds = tmp_path / "preds.csv"
+    run_cli(["predict", str(run), "--data", str(tmp_path / "new.npz"), "--out", str(preds)])
+    rows = list(csv.reader(preds.open()))
+    assert rows[0][:3] == ["index", "prediction", "p0"] and len(rows) == len(data) + 1
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = [*TINY, "--epochs", "3", "--checkpoint_every", "2", "--dropout", "0.2"]
+    run_cli(["train", *args, "--run_dir", str(whole)])
+    # steps per epoch = ceil(60/16) = 4: step 7 is mid-epoch 1, after the step-6 checkpoint
+    died = run_cli(["train", *args, "--run_dir", str(killed)], env={"S5SSM_KILL_AT_STEP": "7"}, check=False)
+    assert died.returncode == -9
+    assert checkpoint.load(killed / "checkpoints")["progress"]["global_step"] == 6
+    run_cli(["train", "--resume", str(killed)])
+    assert summary(killed)["results"] == summary(whole)["results"]
+    for name, tensor in final_weights(whole).items():
+        assert torch.equal(tensor, final_weights(killed)[name]), name
+    steps = [r["step"] for r in csv.DictReader((killed / "metrics_steps.csv").open())]
+    assert steps == [str(i) for i in range(1, 13)]  # no step logged twice after the resume
+
+
+def test_kill_during_checkpoint_save_leaves_previous_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    # the first save (step 2) completes; the next one is killed after writing its model file
+    env = {"S5SSM_KILL_AT": "save"}
+    died = run_cli(["train", *TINY, "--checkpoint_every", "2", "--run_dir", str(run)], env=env, check=False)
+    assert died.returncode == -9
+    assert not (run / "checkpoints" / "last.json").exists()  # killed inside the very first save
+    run2 = tmp_path / "run2"
+    run_cli(["train", *TINY, "--checkpoint_every", "2", "--run_dir", str(run2)], env={"S5SSM_KILL_AT_STEP": "3"}, check=False)
+    good = checkpoint.load(run2 / "checkpoints")["progress"]["global_step"]
+    died = run_cli(["train", "--resume", str(run2)], env=env, check=False)
+    assert died.returncode == -9
+    state = checkpoint.load(run2 / "checkpoints")  # the pointer still names a complete checkpoint
+    assert state["progress"]["global_step"] == good
+    run_cli(["train", "--resume", str(run2)])
+    assert summary(run2)["results"]["test"]["accuracy"] >= 0.0
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml"])
+def test_config_file_round_trip(tmp_path, suffix):
+    config = tmp_path / f"cfg{suffix}"
+    if suffix == ".yaml":
+        config.write_text("task: digits\nsize: tiny\nepochs: 1\nhidden_size: 12\nstate_size: 8\nblocks: 1\nnum_layers: 1\nnorm: layer\n")
+    else:
+        config.write_text('task = "digits"\nsize = "tiny"\nepochs = 1\nhidden_size = 12\nstate_size = 8\nblocks = 1\nnum_layers = 1\nnorm = "layer"\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--hidden_size", "10", "--quiet", "--run_dir", str(run)]) == 0
+    import yaml
+
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["hidden_size"] == 10 and resolved["norm"] == "layer" and resolved["epochs"] == 1  # flag beats file
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(run / "config.yaml"), "--run_dir", str(again)]) == 0
+    assert summary(again)["results"] == summary(run)["results"]
+
+
+def test_bad_flags_and_files_are_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    with pytest.raises(SystemExit, match="unknown option 'epochz'"):
+        main(["train", "--config", str(bad)])
+    bad.write_text("epochs: many\n")
+    with pytest.raises(SystemExit, match="epochs must be a int"):
+        main(["train", "--config", str(bad)])
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "two"])
+    assert "--epochs" in capsys.readouterr().err
+    broken = tmp_path / "X_TRAIN.ts"
+    broken.write_text("@problemName x\n@univariate true\n@classLabel true a b\n@data\n1,2,3:a\n1,2,oops:b\n")
+    assert main(["train", "--data", str(broken), "--run_dir", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "X_TRAIN.ts" in err and "6" in err
+    with pytest.raises(SystemExit, match="--task or --data"):
+        main(["train", "--task", "digits", "--data", str(broken)])
+
+
+def test_ts_file_with_test_sibling_and_lstm_baseline(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def write(path, n):
+        lines = ["@problemName toy", "@timeStamps false", "@univariate true", "@equalLength false",
+                 "@classLabel true up down", "@data"]  # fmt: skip
+        for _ in range(n):
+            up = rng.random() < 0.5
+            length = rng.integers(5, 12)
+            values = np.cumsum(rng.random(length) * (1 if up else -1))
+            lines.append(",".join(f"{v:.3f}" for v in values) + (":up" if up else ":down"))
+        path.write_text("\n".join(lines) + "\n")
+
+    write(tmp_path / "TOY_TRAIN.ts", 60)
+    write(tmp_path / "TOY_TEST.ts", 20)
+    run = tmp_path / "lstm"
+    args = ["--data", str(tmp_path / "TOY_TRAIN.ts"), "--model", "lstm", "--epochs", "3", "--hidden_size", "8",
+            "--num_layers", "1", "--quiet", "--run_dir", str(run)]  # fmt: skip
+    assert main(["train", *args]) == 0
+    result = summary(run)
+    assert result["model"] == "lstm"
+    assert sum(1 for _ in (tmp_path / "TOY_TEST.ts").open()) - 6 == 20  # the sibling file is the test split
+
+
+def test_parameter_groups_follow_the_paper():
+    from s5ssm import S5Model
+
+    model = S5Model(embed_dim=2, hidden_size=4, state_size=4, num_layers=1, output_dim=2)
+    base = dict(ssm_lr=1e-3, lr_factor=4.0, weight_decay=0.1, dt_global=False)
+
+    def names(opt_config, **extra):
+        groups = parameter_groups(model, {**base, "opt_config": opt_config, **extra})
+        lookup = {id(p): n for n, p in model.named_parameters()}
+        return {g["name"]: ({lookup[id(p)].split(".")[-1] for p in g["params"]}, g["lr"], g["weight_decay"]) for g in groups}
+
+    std = names("standard")
+    assert std["ssm"][0] >= {"Lambda_re", "Lambda_im", "log_step", "B"} and std["ssm"][1:] == (1e-3, 0.0)
+    assert "C" in std["regular"][0] and std["regular"][1:] == (4e-3, 0.1)
+    assert names("BandCdecay")["ssm_wd"][0] == {"B"}
+    assert "B" in names("BfastandCdecay")["regular"][0]
+    assert {"C", "D"} <= names("noBCdecay")["ssm"][0]
+    assert "log_step" in names("standard", dt_global=True)["regular"][0]
