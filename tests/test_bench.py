@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from s5ssm import bench
 
 
@@ -16,16 +18,21 @@ def test_quick_bench_writes_every_section(tmp_path, capsys):
         assert results["scan"][backend]["forward_backward_ms"] > 0
     assert results["layer"]["forward_over_gemms"] > 0
     assert results["irregular"]["forward_backward_ratio"] > 0
-    assert results["step"]["step_ms_per_frame"] > 0
-    row = results["memory"]["rows"][0]
-    assert {"L", "cpu_MiB", "parallel_MiB", "cpu_irregular_MiB"} <= set(row)
+    for label in ("default_threads", "one_thread"):
+        assert results["step"][label]["step_ms_per_frame"] > 0
+    rows = results["memory"]["rows"]
+    assert [r["L"] for r in rows] == bench.QUICK["memory_lengths"]
+    for row in rows:
+        for column in ("cpu", "parallel", "cpu_irregular"):
+            assert "error" not in row[column], row[column]
+            assert row[column]["tensor_MiB"] > 0
+    assert results["memory"]["summary"]["cpu_over_parallel_tensors"] > 0
     printed = capsys.readouterr().out
     assert "scan" in printed and "layer" in printed and "peak memory" in printed
 
 
 def test_bad_repeats_is_rejected(capsys):
-    try:
+    with pytest.raises(SystemExit) as exit:
         bench.main(["--repeats", "0"])
-    except SystemExit as exit:
-        assert exit.code == 2
+    assert exit.value.code == 2
     assert "--repeats" in capsys.readouterr().err

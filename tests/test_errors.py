@@ -277,3 +277,46 @@ def test_model_step_errors():
     train_bn = model64(norm="batch").train()
     with pytest.raises(RuntimeError, match="eval"):
         train_bn.step(x_t, train_bn.init_cache(2))
+
+
+# ---------------------------------------------------------------- names at the block level, batch sizes, scan state
+def test_block_errors_name_the_block_arguments():
+    """S5Block's arguments are x / x_k: its errors must not blame the inner SSM's u / u_k."""
+    block = S5Block(3, 4, norm="layer").double().eval()
+    for value in (NAN, INF):
+        x = U()
+        x[1, 2, 0] = value
+        check(ValueError, lambda: block(x), "x contains NaN or Inf")
+    check(ValueError, lambda: block.step(torch.randn(2, 4, dtype=f64)), "x_k", "[B, H=3]", "[2, 4]")
+    check(ValueError, lambda: block.step(torch.randn(2, 1, 3, dtype=f64)), "x_k", "[B, H=3]", "[2, 1, 3]")
+    check(TypeError, lambda: block.step(torch.randn(2, 3)), "x_k", "float64", "float32")
+    check(ValueError, lambda: block.step(torch.full((2, 3), INF, dtype=f64)), "x_k", "Inf")
+    check(ValueError, lambda: block.step(torch.randn(2, 3, dtype=f64), step_scale=torch.ones(3, dtype=f64)),
+          "step_scale", "[B=2]", "[3]")  # fmt: skip
+    check(TypeError, lambda: block(U(), resets=torch.zeros(2, 5)), "resets", "bool", "float32")
+    check(ValueError, lambda: block(U(), step_scale=torch.ones(2, 4, dtype=f64)), "step_scale", "[B=2, L=5]", "[2, 4]")
+    check(ValueError, lambda: block(U(), state=torch.zeros(3, 2, dtype=c128)), "state", "[B=2, P=2]", "[3, 2]")
+
+
+@pytest.mark.parametrize("bad,exc,words", [(0, ValueError, ["batch_size", ">= 1", "0"]),
+                                           (-2, ValueError, ["batch_size", "-2"]),
+                                           (2.0, TypeError, ["batch_size", "int", "float"]),
+                                           (torch.tensor(2), TypeError, ["batch_size", "Tensor"])])  # fmt: skip
+def test_batch_size_errors(bad, exc, words):
+    check(exc, lambda: model64().init_cache(bad), *words)
+    check(exc, lambda: layer64().init_state(bad), *words)
+
+
+def test_linear_scan_rejects_non_finite_initial_state():
+    lam, bu = scan_args()
+    for value in (complex(NAN, 0), complex(0, INF)):
+        x0 = torch.zeros(2, 3, dtype=c128)
+        x0[1, 2] = value
+        check(ValueError, lambda: linear_scan(lam, bu, initial_state=x0), "initial_state", "NaN or Inf")
+
+
+def test_model_resets_errors():
+    model = model64()
+    check(TypeError, lambda: model(U(), resets=torch.zeros(2, 5, dtype=torch.int64)), "resets", "bool", "int64")
+    check(ValueError, lambda: model(U(), resets=torch.zeros(2, 5, 1, dtype=torch.bool)),
+          "resets", "[B=2, L=5]", "[2, 5, 1]")  # fmt: skip

@@ -190,3 +190,29 @@ def test_save_and_load(tmp_path, kw):
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="config.json"):
         S5Model.from_pretrained(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_resets_equal_separate_episodes(bidirectional):
+    """Every layer's state is cleared at an episode start: the model sees each episode alone."""
+    model = small(5, pooling="none", output_dim=2, bidirectional=bidirectional, num_layers=3).eval()
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    resets = torch.zeros(2, 9, dtype=torch.bool)
+    resets[0, [3, 4]] = True
+    resets[1, 7] = True
+    y = model(x, resets=resets)
+    for b, bounds in ((0, [0, 3, 4, 9]), (1, [0, 7, 9])):
+        pieces = [model(x[b : b + 1, s:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+        torch.testing.assert_close(y[b : b + 1], torch.cat(pieces, 1), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(y, model(x))
+
+
+def test_step_with_float_step_scale_equals_forward_on_every_prefix():
+    model = small(6, pooling="mean", output_dim=3).eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    cache = model.init_cache(2)
+    with torch.no_grad():
+        for t in range(5):
+            y, cache = model.step(x[:, t], cache, step_scale=0.6)
+            torch.testing.assert_close(y, model(x[:, : t + 1], step_scale=0.6), rtol=1e-10, atol=1e-10)
+        assert not torch.allclose(y, model(x))  # the step scale matters

@@ -81,13 +81,15 @@ def expected(layer, u, mask=None, resets=None, step_scale=None, state=None):
 
 
 def stepwise(layer, u, mask=None, resets=None, step_scale=None, state=None):
-    """layer.step over time; masked steps keep the state, resets clear it (test-side emulation)."""
+    """layer.step over time; masked steps keep the state, resets at valid steps clear it
+    (test-side emulation)."""
     B, L, _ = u.shape
     state = layer.init_state(B) if state is None else state
     ys = []
     for k in range(L):
         if resets is not None:
-            state = torch.where(resets[:, k, None], torch.zeros_like(state), state)
+            clear = resets[:, k] if mask is None else resets[:, k] & mask[:, k]
+            state = torch.where(clear[:, None], torch.zeros_like(state), state)
         s = step_scale[:, k] if isinstance(step_scale, torch.Tensor) and step_scale.dim() == 2 else step_scale
         if mask is not None and isinstance(s, torch.Tensor) and s.dim() == 1:
             s = torch.where(mask[:, k], s, torch.ones_like(s))  # the step is discarded anyway
@@ -132,8 +134,8 @@ def test_layer_grid_float64(conj_sym, bidirectional, discretization, blocks):
         if use_resets:
             resets = torch.rand(B, L, generator=g) < 0.25
             resets[0, 4] = True
-            if mask is not None:
-                resets &= mask  # episode starts are valid steps
+            if mask is not None and i % 2:
+                resets |= ~mask  # a reset at a masked step is ignored with the rest of the step
         scale = make_step_scale(scale_kind, B, L, g)
         if isinstance(scale, torch.Tensor) and scale.dim() == 2 and mask is not None:
             scale = scale.masked_fill(~mask, float("nan"))  # never read at masked steps
@@ -247,6 +249,71 @@ def test_resets_equal_separate_episodes(bidirectional):
         state = torch.randn(2, layer.num_states, dtype=torch.complex128)
         torch.testing.assert_close(layer(u, resets=resets, state=state)[0], y[0], rtol=1e-12, atol=1e-12)
         assert not torch.allclose(layer(u, resets=resets, state=state)[1], y[1])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("mask_kind", ["right", "gaps"])
+def test_resets_at_masked_steps_are_removed_with_the_step(bidirectional, mask_kind):
+    """Removing the masked steps removes their reset flags too (for outputs and final state)."""
+    layer = make_layer(3, 8, seed=13, bidirectional=bidirectional, scan_backend="parallel")
+    u = torch.randn(2, 7, 3, dtype=torch.float64)
+    if mask_kind == "right":
+        mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    else:
+        mask = torch.tensor([[1, 0, 1, 1, 0, 1, 0], [0, 1, 0, 1, 1, 0, 0]], dtype=torch.bool)
+    resets = ~mask  # every masked step carries a reset flag
+    resets[1, 4] = True  # and one valid step
+    uni = {} if bidirectional else {"return_state": True}
+    out = layer(u, mask=mask, resets=resets, **uni)
+    y, final = (out, None) if bidirectional else out
+    for b in range(2):
+        keep = mask[b].nonzero()[:, 0]
+        alone = layer(u[b : b + 1, keep], resets=resets[b : b + 1, keep], **uni)
+        if not bidirectional:
+            alone, alone_final = alone
+            torch.testing.assert_close(final[b], alone_final[0], rtol=1e-12, atol=1e-12)
+            assert alone_final.abs().max() > 1e-3  # the final state is not trivially 0
+        torch.testing.assert_close(y[b, keep], alone[0], rtol=1e-12, atol=1e-12)
+
+
+def test_step_cache_follows_parameters_and_options():
+    """`step` caches its operator at inference: it must see every change forward sees."""
+    layer = make_layer(3, 8, seed=14, scan_backend="parallel").eval()
+    u = torch.randn(2, 3, dtype=torch.float64)
+
+    def check():
+        with torch.no_grad():
+            y, s = layer.step(u)
+            torch.testing.assert_close(y, layer(u[:, None])[:, 0], rtol=1e-12, atol=1e-12)
+        return y
+
+    first = check()
+    assert layer._step_cache is not None  # the cached path is the one under test
+    with torch.no_grad():
+        layer.log_step.mul_(0.5)  # in place
+    second = check()
+    assert not torch.allclose(first, second)
+    layer.discretization = "bilinear"
+    check()
+    with torch.no_grad():
+        layer.Lambda_re[0] = 0.3
+    layer.clip_eigs = True
+    check()
+    layer.step_rescale = 2.0
+    check()
+    layer.load_state_dict({k: v + 0.01 for k, v in layer.state_dict().items()})
+    check()
+    # a fused optimizer writes without a version bump; the train()/eval() round trip drops the cache
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.05, fused=True)
+    layer.train()
+    layer(u[:, None]).sum().backward()
+    opt.step()
+    layer.eval()
+    check()
+    with torch.no_grad():  # no cache in training mode (parameters may change invisibly)
+        layer.train()
+        layer.step(u)
+        assert layer._step_cache is None
 
 
 # ---------------------------------------------------------------- gradients

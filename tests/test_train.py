@@ -175,3 +175,20 @@ def test_parameter_groups_follow_the_paper():
     assert "B" in names("BfastandCdecay")["regular"][0]
     assert {"C", "D"} <= names("noBCdecay")["ssm"][0]
     assert "log_step" in names("standard", dt_global=True)["regular"][0]
+
+
+def test_metrics_csv_truncated_to_nothing_keeps_its_header(tmp_path):
+    """Resuming before the first epoch row (a kill inside the epoch-end save) drops every
+    row; the header must stay so the rows appended next are still read by name."""
+    from s5ssm.trainer import _append_csv, _truncate_csv
+
+    path = tmp_path / "metrics_epochs.csv"
+    _append_csv(path, {"epoch": 0, "val_loss": 1.5})
+    with path.open("a") as handle:
+        handle.write("1,")  # a row cut short by a kill mid-append
+    _truncate_csv(path, "epoch", 5)
+    assert path.read_text().splitlines() == ["epoch,val_loss", "0,1.5"]
+    _truncate_csv(path, "epoch", -1)
+    _append_csv(path, {"epoch": 0, "val_loss": 0.5})
+    with path.open() as handle:
+        assert list(csv.DictReader(handle)) == [{"epoch": "0", "val_loss": "0.5"}]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import expect_bool_mask, expect_dtype, expect_shape, expect_tensor
+from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_shape, expect_tensor
 from .ssm import S5SSM
 
 NORMS = ("batch", "layer", "rms")
@@ -140,6 +140,7 @@ class S5Block(nn.Module):
         x = expect_tensor("x", x)
         expect_dtype("x", x, self.ssm.D.dtype)
         expect_shape("x", x, (None, None, self.ssm.hidden_size), "BLH")
+        expect_finite("x", x)  # else the norm turns Inf into NaN and the SSM blames "u"
         if mask is not None:
             expect_bool_mask("mask", mask, x.shape[0], x.shape[1])
         skip = x
@@ -165,7 +166,7 @@ class S5Block(nn.Module):
         statistics; a training-mode BatchNorm cannot be computed one step at a time).
         """
         self.check_streamable()
-        x_k, state, step_scale = self.ssm.check_step_inputs(x_k, state, step_scale)
+        x_k, state, step_scale = self.ssm.check_step_inputs(x_k, state, step_scale, name="x_k")
         return self.recur(x_k, state, step_scale)
 
     def check_streamable(self) -> None:

@@ -121,6 +121,10 @@ class S5SSM(nn.Module):
         self.log_step = as_param(init.init_log_step(self.num_states, dt_min, dt_max, generator))
         self._step_cache: tuple | None = None  # see _step_operator
 
+    def train(self, mode: bool = True) -> "S5SSM":
+        self._step_cache = None  # see _step_operator
+        return super().train(mode)
+
     # ------------------------------------------------------------------ parameters
     def extra_repr(self) -> str:
         return (
@@ -180,6 +184,10 @@ class S5SSM(nn.Module):
 
     def init_state(self, batch_size: int) -> torch.Tensor:
         """A zero state, complex (batch_size, P)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__} {batch_size!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return torch.zeros(batch_size, self.num_states, dtype=self.complex_dtype, device=self.D.device)
 
     def _check_input(self, name: str, u: object, dims: int) -> torch.Tensor:
@@ -249,7 +257,8 @@ class S5SSM(nn.Module):
                 padding takes a fast path; any other mask is handled as zero-length steps.
                 Outputs at masked steps are 0.
             resets: bool (B, L): clear the state before step k (episode boundaries; the
-                backward direction of a bidirectional layer stops at them too).
+                backward direction of a bidirectional layer stops at them too). A reset
+                at a masked step is ignored, like the rest of that step.
             state: complex (B, P), the state carried in (from a previous chunk or `step`).
             return_state: also return the state after the last valid step, complex (B, P).
 
@@ -269,6 +278,9 @@ class S5SSM(nn.Module):
         if state is not None:
             state = self._check_state(state, batch)
         step_scale = self._check_step_scale(step_scale, batch, length, mask)
+        if resets is not None and mask is not None:
+            # a masked step is removed from the sequence, its reset flag with it
+            resets = resets & mask
 
         contiguous = mask is None or is_right_padded(mask)
         if mask is not None and isinstance(step_scale, torch.Tensor) and step_scale.dim() == 2:
@@ -326,11 +338,12 @@ class S5SSM(nn.Module):
         u_k, state, step_scale = self.check_step_inputs(u_k, state, step_scale)
         return self.recur(u_k, state, step_scale)
 
-    def check_step_inputs(self, u_k, state, step_scale):
-        """Validate the arguments of `step`; returns them with a zero state filled in."""
+    def check_step_inputs(self, u_k, state, step_scale, name: str = "u_k"):
+        """Validate the arguments of `step` (`name`: the input's name in error messages);
+        returns them with a zero state filled in."""
         if self.bidirectional:
             raise ValueError("step: a bidirectional S5SSM needs the whole sequence; use forward")
-        u_k = self._check_input("u_k", u_k, dims=2)
+        u_k = self._check_input(name, u_k, dims=2)
         batch = u_k.shape[0]
         state = self.init_state(batch) if state is None else self._check_state(state, batch)
         return u_k, state, self._check_step_scale(step_scale, batch, None)
@@ -348,16 +361,20 @@ class S5SSM(nn.Module):
     def _step_operator(self, step_scale):
         """(Λ̄, γ or None, W_in, W_out) for `recur`; γ is folded into W_in for a scalar step.
 
-        While gradients are off (inference) the operator for a scalar step is cached until
-        a parameter changes (in place or by replacement), so a frame costs two small GEMMs
-        and one complex multiply-add instead of a fresh discretisation.
+        In eval mode with gradients off (inference) the operator for a scalar step is cached
+        until a parameter changes (in place or by replacement) or an option changes, so a
+        frame costs two small GEMMs and one complex multiply-add instead of a fresh
+        discretisation. Writes that bypass the version counter (fused optimizers such as
+        AdamW(fused=True), `.data`) are not seen by the key: the cache is therefore never
+        used in training mode and is dropped by every train()/eval() call.
         """
         scalar = not isinstance(step_scale, torch.Tensor)
         key = None
-        if scalar and not torch.is_grad_enabled():
+        if scalar and not self.training and not torch.is_grad_enabled():
             params = tuple(self._parameters.values())  # S5SSM has no submodules
             if not any(p.is_inference() for p in params):
-                key = (step_scale, self.step_rescale, tuple((id(p), p._version) for p in params))
+                options = (step_scale, self.step_rescale, self.discretization, self.clip_eigs)
+                key = options + tuple((id(p), p._version) for p in params)
         if key is not None and self._step_cache is not None and self._step_cache[0] == key:
             return self._step_cache[1]
         lambda_bar, gamma = self.discretized(step_scale)

@@ -213,7 +213,7 @@ class _Progress:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
+    new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
         if new:
@@ -226,12 +226,14 @@ def _truncate_csv(path: Path, key: str, limit: float) -> None:
     if not path.exists():
         return
     with path.open() as handle:
-        rows = list(csv.DictReader(handle))
-    kept = [r for r in rows if float(r[key]) <= limit]
+        reader = csv.DictReader(handle)
+        # a row cut short by a kill mid-append has missing or empty fields: drop it too
+        kept = [r for r in reader if all(v not in (None, "") for v in r.values()) and float(r[key]) <= limit]
+        fields = reader.fieldnames
     text = ""
-    if kept:
+    if fields:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(kept[0]))
+        writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(kept)
         text = buffer.getvalue()

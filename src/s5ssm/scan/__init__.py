@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
+from .._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
 from . import parallel, reference
 
 BACKENDS = ("auto", "cpu", "parallel", "reference")
@@ -65,6 +65,7 @@ def _check(lambda_bar, bu, initial_state, resets) -> None:
         expect_dtype("initial_state", initial_state, bu.dtype)
         expect_shape("initial_state", initial_state, (batch, size), "BP")
         expect_same_device("initial_state", initial_state, bu)
+        expect_finite("initial_state", torch.view_as_real(initial_state))  # (B, P): cheap
     if resets is not None:
         expect_bool_mask("resets", resets, batch, length)
         expect_same_device("resets", resets, bu)

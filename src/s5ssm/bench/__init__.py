@@ -1,0 +1,147 @@
+"""`s5ssm bench`: speed and memory of the scan, the layer and streaming, as ratios.
+
+Every figure is the median of repeated runs, shown as a ratio against a baseline
+measured in the same process, interleaved with it (these machines are shared and noisy):
+
+    scan       each backend's forward and forward+backward vs the memory floor
+               (dst.copy_(src) over the states' bytes); and vs JAX's associative_scan
+    layer      S5SSM forward and forward+backward vs its own GEMMs alone (the compute
+               limit); and vs the layer written in JAX as the paper's code does it
+    irregular  step_scale [B, L] vs a scalar step_scale (time; memory in `memory`)
+    step       model.step per frame at batch 1 vs recomputing a 60-frame window
+    memory     peak memory of layer forward+backward per sequence length and backend,
+               each cell in a fresh subprocess (see peak.py)
+
+Run as `s5ssm bench [--quick] [--sections ...] [--json PATH]` or `python -m s5ssm.bench`.
+JAX figures appear when jax is installed (`pip install -e .[bench]`). The process keeps
+freed memory (s5ssm.memory.keep_freed_memory), as the CLI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..io import atomic_write_text
+from ..memory import keep_freed_memory
+from .peak import bench_memory
+from .sections import bench_irregular, bench_layer, bench_scan, bench_step
+from .timing import load_average, machine_info
+
+SECTIONS = ("scan", "layer", "irregular", "step", "memory")
+# the issue's sizes: scan B=8, L=4096, P=128 complex64; layer H=128, state_size=128 conj_sym
+FULL = dict(batch=8, length=4096, state=128, hidden=128, layer_state=128, reference_length=256,
+            memory_lengths=[4096, 16384, 65536], memory_ratio_length=16384, frames=400, step_budget_s=20.0)  # fmt: skip
+QUICK = dict(batch=2, length=256, state=16, hidden=16, layer_state=16, reference_length=64,
+             memory_lengths=[256, 512], memory_ratio_length=512, frames=20, step_budget_s=2.0)  # fmt: skip
+
+
+def run(sections: list[str], quick: bool, repeats: int) -> dict:
+    """Run the named sections; returns the JSON-ready results."""
+    size = QUICK if quick else FULL
+    results: dict = {"machine": machine_info(), "quick": quick, "repeats": repeats}
+    runners = {
+        "scan": lambda: bench_scan(size, repeats),
+        "layer": lambda: bench_layer(size, repeats),
+        "irregular": lambda: bench_irregular(size, repeats),
+        "step": lambda: bench_step(size["frames"], size["step_budget_s"]),
+        "memory": lambda: bench_memory(size, size["memory_lengths"], size["memory_ratio_length"]),
+    }
+    for name in sections:
+        print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        results[name] = runners[name]()
+    results["machine"]["loadavg_at_end"] = load_average()
+    return results
+
+
+def _fmt(value, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(results: dict) -> None:
+    """The table of ratios (the JSON has every figure, spreads included)."""
+    machine = results["machine"]
+    print("machine:", ", ".join(f"{k}={v}" for k, v in machine.items()))
+    if "scan" in results:
+        s = results["scan"]
+        shape = s["shape"]
+        print(f"\nscan B={shape['B']} L={shape['L']} P={shape['P']} {s['dtype']}, Λ̄ {s['lambda_bar']}: "
+              f"copy_ {s['copy_ms']:.2f} ms ({s['copy_GBps']:.1f} GB/s), "
+              f"floor fwd+bwd {s['floor_forward_backward_ms']:.2f} ms")  # fmt: skip
+        print(f"  {'backend':<10}{'fwd ms':>10}{'copy/fwd':>10}{'fwd+bwd ms':>12}{'floor/fwd+bwd':>15}")
+        for b in ("cpu", "parallel", "reference"):
+            r = s[b]
+            print(f"  {b:<10}{r['forward_ms']:>10.2f}{r['copy_throughput_ratio']:>10.2f}"
+                  f"{r['forward_backward_ms']:>12.2f}{r['floor_throughput_ratio_forward_backward']:>15.2f}")  # fmt: skip
+        if s["reference"].get("note"):
+            print(f"  reference: {s['reference']['note']}")
+        if s.get("jax"):
+            j = s["jax"]
+            print(f"  JAX {j['what']}: fwd {j['forward_ms']:.2f} ms, fwd+bwd {j['forward_backward_ms']:.2f} ms; "
+                  f"cpu is {j['cpu_forward_speedup']:.1f}x (fwd) and {j['cpu_forward_backward_speedup']:.1f}x "
+                  f"(fwd+bwd) faster; max rel diff {j['max_rel_diff']:.1e}")  # fmt: skip
+    if "layer" in results:
+        r = results["layer"]
+        print(f"\nlayer {r['shape']}, scan {r['scan_backend']}:")
+        print(f"  forward          {r['forward_ms']:8.2f} ms = {r['forward_over_gemms']:.2f}x its GEMMs "
+              f"({r['gemms_forward_ms']:.2f} ms, {r['gemms_forward_GFLOPs']:.0f} GFLOP/s)")  # fmt: skip
+        print(f"  forward+backward {r['forward_backward_ms']:8.2f} ms = {r['forward_backward_over_gemms']:.2f}x "
+              f"its GEMMs ({r['gemms_forward_backward_ms']:.2f} ms)")  # fmt: skip
+        if r.get("jax"):
+            j = r["jax"]
+            print(f"  vs JAX (the paper's layer): forward {j['forward_speedup']:.1f}x faster ({j['forward_ms']:.1f} ms), "
+                  f"forward+backward {j['forward_backward_speedup']:.1f}x faster ({j['forward_backward_ms']:.1f} ms); "
+                  f"max rel diff {j['max_rel_diff']:.1e}")  # fmt: skip
+    if "irregular" in results:
+        r = results["irregular"]
+        print(f"\nirregular step_scale [B, L] / scalar: forward {r['forward_ratio']:.2f}x "
+              f"({r['irregular_forward_ms']:.2f} vs {r['scalar_forward_ms']:.2f} ms), forward+backward "
+              f"{r['forward_backward_ratio']:.2f}x ({r['irregular_forward_backward_ms']:.2f} vs "
+              f"{r['scalar_forward_backward_ms']:.2f} ms)")  # fmt: skip
+    if "step" in results:
+        r = results["step"]
+        print(f"\nstep: {r['config']}")
+        for label in ("default_threads", "one_thread"):
+            t = r[label]
+            print(f"  {t['threads']} thread(s): {t['step_ms_per_frame']:.3f} ms per frame (p90 {t['step_p90_ms']:.3f}), "
+                  f"recomputing the {r['window']}-frame window {t['window_recompute_ms_per_frame']:.2f} ms: "
+                  f"{t['speedup_vs_window']:.1f}x faster over {t['frames']} frames")  # fmt: skip
+    if "memory" in results:
+        m = results["memory"]
+        print(f"\npeak memory of layer forward+backward {m['shape']}, MiB (rss / live tensors):")
+        print(f"  {'L':>7}{'input':>8}{'cpu':>16}{'parallel':>16}{'cpu irregular':>16}")
+        for row in m["rows"]:
+            cells = [_memory_cell(row[c]) for c in ("cpu", "parallel", "cpu_irregular")]
+            print(f"  {row['L']:>7}{row['input_MiB']:>8.0f}" + "".join(f"{c:>16}" for c in cells))
+        s = m["summary"]
+        print(f"  growth exponent (peak ∝ L^k), rss: cpu {_fmt(s['cpu_growth_exponent_rss'])}, "
+              f"parallel {_fmt(s['parallel_growth_exponent_rss'])}, "
+              f"cpu irregular {_fmt(s['cpu_irregular_growth_exponent_rss'])}")  # fmt: skip
+        print(f"  cpu / parallel at L={s['ratio_at_L']}: rss {_fmt(s['cpu_over_parallel_rss'])}, "
+              f"tensors {_fmt(s['cpu_over_parallel_tensors'])}")  # fmt: skip
+
+
+def _memory_cell(cell: dict) -> str:
+    if "error" in cell or "skipped" in cell:
+        return "-"
+    return f"{_fmt(cell.get('rss_MiB'), '.0f')} / {cell['tensor_MiB']:.0f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s5ssm bench", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default 15, quick 2)")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--json", default="bench-results.json", help="where to write the results")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    keep_freed_memory()
+    results = run(args.sections, args.quick, args.repeats or (2 if args.quick else 15))
+    print_report(results)
+    atomic_write_text(args.json, json.dumps(results, indent=2))
+    print(f"\nresults written to {args.json}")
+    return 0

@@ -1,0 +1,299 @@
+"""The timed sections of `s5ssm bench`: scan, layer, irregular, step.
+
+Each returns a JSON-ready dict of medians (ms) and ratios against a baseline run
+interleaved with it in the same process (see timing.timed). Memory is in peak.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..model import S5Model, recommended_defaults
+from ..scan import linear_scan
+from ..ssm import S5SSM
+from . import paper_jax
+from .timing import ms, timed, try_jax
+
+SCAN_BACKENDS = ("cpu", "parallel", "reference")
+
+
+# ---------------------------------------------------------------------------- scan
+def scan_inputs(batch: int, length: int, size: int, seed: int = 0):
+    """A stable time-invariant Λ̄ complex64 (P,) and B̄u complex64 (B, L, P)."""
+    g = torch.Generator().manual_seed(seed)
+    radius = 0.9 + 0.0999 * torch.rand(size, generator=g)
+    lam = torch.polar(radius, math.pi * torch.rand(size, generator=g)).to(torch.complex64)
+    bu = torch.randn(batch, length, size, dtype=torch.complex64, generator=g)
+    return lam, bu
+
+
+def bench_scan(size: dict, repeats: int) -> dict:
+    """Each backend's forward and forward+backward vs the memory floor, and vs JAX."""
+    B, L, P = size["batch"], size["length"], size["state"]
+    lam, bu = scan_inputs(B, L, P)
+    grad = torch.randn_like(bu)
+    dst, dst2 = torch.empty_like(bu), torch.empty_like(bu)
+    lam_g, bu_g = lam.clone().requires_grad_(), bu.clone().requires_grad_()
+    ref_length = min(L, size["reference_length"])  # the Python loop's backward is slow: a prefix
+
+    def fwd(backend: str, length: int = L):
+        with torch.no_grad():
+            return linear_scan(lam, bu[:, :length], backend=backend)
+
+    def fwd_bwd(backend: str, length: int = L):
+        out = linear_scan(lam_g, bu_g[:, :length], backend=backend)
+        return torch.autograd.grad(out, (lam_g, bu_g), grad[:, :length])
+
+    # memory floors: the forward reads B̄u and writes the states (one copy of the bytes);
+    # the backward reads the output gradient and the states and writes d B̄u (one add).
+    copy = lambda: dst.copy_(bu)  # noqa: E731
+    floor_fb = lambda: (dst.copy_(bu), torch.add(grad, dst, out=dst2))  # noqa: E731
+
+    t_fwd = timed({"copy": copy, **{b: (lambda b=b: fwd(b)) for b in SCAN_BACKENDS}}, repeats)
+    t_fb = timed({"floor": floor_fb, **{b: (lambda b=b: fwd_bwd(b)) for b in ("cpu", "parallel")}}, repeats)
+    t_ref = timed({"reference": lambda: fwd_bwd("reference", ref_length)}, max(1, min(repeats, 3)))
+
+    results: dict = {
+        "shape": {"B": B, "L": L, "P": P},
+        "dtype": "complex64",
+        "lambda_bar": "time-invariant (P,)",
+        "copy_ms": ms(t_fwd["copy"]),
+        "copy_GBps": 2 * bu.numel() * bu.element_size() / t_fwd["copy"]["median"] / 1e9,
+        "floor_forward_backward_ms": ms(t_fb["floor"]),
+    }
+    for b in SCAN_BACKENDS:
+        row = {
+            "forward_ms": ms(t_fwd[b]),
+            "copy_throughput_ratio": t_fwd["copy"]["median"] / t_fwd[b]["median"],
+            "forward_spread_ms": [t_fwd[b]["min"] * 1e3, t_fwd[b]["max"] * 1e3],
+        }
+        if b == "reference":
+            scale = L / ref_length
+            row["forward_backward_ms"] = ms(t_ref["reference"]) * scale
+            row["floor_throughput_ratio_forward_backward"] = (
+                t_fb["floor"]["median"] / (t_ref["reference"]["median"] * scale)
+            )
+            row["note"] = (f"forward+backward timed at L={ref_length} and scaled x{scale:g} "
+                           f"(the Python loop costs the same per step)") if scale != 1 else ""  # fmt: skip
+        else:
+            row["forward_backward_ms"] = ms(t_fb[b])
+            row["floor_throughput_ratio_forward_backward"] = t_fb["floor"]["median"] / t_fb[b]["median"]
+        results[b] = row
+
+    jx = try_jax()
+    if jx is None:
+        results["jax"] = None
+        return results
+    jax, jnp = jx
+    scan_j, grad_j = paper_jax.scan_fn(), paper_jax.scan_grad_fn()
+    lam_j, bu_j, g_j = (jnp.asarray(t.numpy()) for t in (lam, bu, grad))
+    ours = fwd("cpu")
+    theirs = torch.from_numpy(jax.device_get(scan_j(lam_j, bu_j)).copy())
+    t_fwd_j = timed({"jax": lambda: scan_j(lam_j, bu_j).block_until_ready(), "cpu": lambda: fwd("cpu")}, repeats)
+    t_fb_j = timed({"jax": lambda: jax.block_until_ready(grad_j(lam_j, bu_j, g_j)),
+                    "cpu": lambda: fwd_bwd("cpu")}, repeats)  # fmt: skip
+    results["jax"] = {
+        "what": "jit(vmap(jax.lax.associative_scan)) with Λ̄ tiled to (L, P), as in the paper's apply_ssm",
+        "forward_ms": ms(t_fwd_j["jax"]),
+        "forward_backward_ms": ms(t_fb_j["jax"]),
+        "cpu_forward_speedup": t_fwd_j["jax"]["median"] / t_fwd_j["cpu"]["median"],
+        "cpu_forward_backward_speedup": t_fb_j["jax"]["median"] / t_fb_j["cpu"]["median"],
+        "copy_over_jax_forward": t_fwd["copy"]["median"] / t_fwd_j["jax"]["median"],
+        "max_rel_diff": float((ours - theirs).abs().max() / ours.abs().max()),
+    }
+    return results
+
+
+# ---------------------------------------------------------------------------- layer
+def make_layer(size: dict, backend: str = "auto", seed: int = 0):
+    """The benchmarked S5SSM (conj_sym, zoh, float32) and an input u (B, L, H)."""
+    g = torch.Generator().manual_seed(seed)
+    layer = S5SSM(size["hidden"], size["layer_state"], conj_sym=True, scan_backend=backend, generator=g)
+    u = torch.randn(size["batch"], size["length"], size["hidden"], generator=g)
+    return layer, u
+
+
+def layer_fwd_bwd(layer: S5SSM, u_g: torch.Tensor, grad: torch.Tensor, **kwargs):
+    """One forward+backward: the gradients of u and of every parameter (nothing accumulates)."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    return torch.autograd.grad(layer(u_g, **kwargs), [u_g, *params], grad)
+
+
+def bench_layer(size: dict, repeats: int) -> dict:
+    """The layer vs its own GEMMs alone, and vs the paper's JAX layer."""
+    layer, u = make_layer(size)
+    H, P = layer.hidden_size, layer.num_states
+    B, L = u.shape[:2]
+    g = torch.Generator().manual_seed(1)
+    w_in = torch.randn(2 * P, H, generator=g) / math.sqrt(H)
+    w_out = torch.randn(H, 2 * P, generator=g) / math.sqrt(2 * P)
+    x = torch.randn(B, L, 2 * P, generator=g)  # the states as interleaved (re, im) floats
+    grad = torch.randn(B, L, H, generator=g)
+    grad_in = torch.randn(B, L, 2 * P, generator=g)
+    u_g, w_in_g, w_out_g, x_g = (t.clone().requires_grad_() for t in (u, w_in, w_out, x))
+
+    def gemms_fwd():
+        with torch.no_grad():
+            return F.linear(u, w_in), F.linear(x, w_out)
+
+    def layer_fwd():
+        with torch.no_grad():
+            return layer(u)
+
+    def gemms_fb():  # 2 forward GEMMs, 4 backward GEMMs (input and weight gradients)
+        outs = [F.linear(u_g, w_in_g), F.linear(x_g, w_out_g)]
+        return torch.autograd.grad(outs, [u_g, w_in_g, x_g, w_out_g], [grad_in, grad])
+
+    t_fwd = timed({"gemms": gemms_fwd, "layer": layer_fwd}, repeats)
+    t_fb = timed({"gemms": gemms_fb, "layer": lambda: layer_fwd_bwd(layer, u_g, grad)}, repeats)
+    flops = 2 * B * L * H * 2 * P * 2  # two GEMMs of B·L × H × 2P
+    results: dict = {
+        "shape": {"B": B, "L": L, "H": H, "state_size": layer.state_size, "P_kept": P, "dtype": "float32"},
+        "scan_backend": "auto -> cpu",
+        "forward_ms": ms(t_fwd["layer"]),
+        "gemms_forward_ms": ms(t_fwd["gemms"]),
+        "gemms_forward_GFLOPs": flops / t_fwd["gemms"]["median"] / 1e9,
+        "forward_over_gemms": t_fwd["layer"]["median"] / t_fwd["gemms"]["median"],
+        "forward_backward_ms": ms(t_fb["layer"]),
+        "gemms_forward_backward_ms": ms(t_fb["gemms"]),
+        "forward_backward_over_gemms": t_fb["layer"]["median"] / t_fb["gemms"]["median"],
+    }
+    jx = try_jax()
+    results["jax"] = None if jx is None else _bench_jax_layer(layer, u, u_g, grad, repeats, jx)
+    return results
+
+
+def _bench_jax_layer(layer: S5SSM, u, u_g, grad, repeats: int, jx) -> dict:
+    jax, jnp = jx
+    params = jax.tree_util.tree_map(jnp.asarray, paper_jax.layer_params(layer))
+    forward, fwd_bwd = paper_jax.layer_fn(), paper_jax.layer_grad_fn()
+    u_j, g_j = jnp.asarray(u.numpy()), jnp.asarray(grad.numpy())
+    with torch.no_grad():
+        ours = layer(u)
+    theirs = torch.from_numpy(jax.device_get(forward(params, u_j)).copy())
+
+    def ours_fwd():
+        with torch.no_grad():
+            return layer(u)
+
+    t_fwd = timed({"jax": lambda: forward(params, u_j).block_until_ready(), "ours": ours_fwd}, repeats)
+    t_fb = timed({"jax": lambda: jax.block_until_ready(fwd_bwd(params, u_j, g_j)),
+                  "ours": lambda: layer_fwd_bwd(layer, u_g, grad)}, repeats)  # fmt: skip
+    return {
+        "what": "the paper's S5SSM (discretize_zoh + apply_ssm + D u), jit(vmap) over the batch; "
+        "forward+backward = jit(value_and_grad) w.r.t. parameters and input",
+        "forward_ms": ms(t_fwd["jax"]),
+        "forward_backward_ms": ms(t_fb["jax"]),
+        "forward_speedup": t_fwd["jax"]["median"] / t_fwd["ours"]["median"],
+        "forward_backward_speedup": t_fb["jax"]["median"] / t_fb["ours"]["median"],
+        "max_rel_diff": float((ours - theirs).abs().max() / ours.abs().max()),
+    }
+
+
+# ---------------------------------------------------------------------------- irregular
+def bench_irregular(size: dict, repeats: int) -> dict:
+    """step_scale [B, L] (irregular sampling) vs a scalar step_scale, same layer and input."""
+    layer, u = make_layer(size)
+    g = torch.Generator().manual_seed(2)
+    scale = 0.5 + torch.rand(u.shape[0], u.shape[1], generator=g)
+    grad = torch.randn(u.shape, generator=g)
+    u_g = u.clone().requires_grad_()
+
+    def fwd(step_scale):
+        with torch.no_grad():
+            return layer(u, step_scale=step_scale)
+
+    t_fwd = timed({"scalar": lambda: fwd(1.0), "irregular": lambda: fwd(scale)}, repeats)
+    t_fb = timed({"scalar": lambda: layer_fwd_bwd(layer, u_g, grad, step_scale=1.0),
+                  "irregular": lambda: layer_fwd_bwd(layer, u_g, grad, step_scale=scale)}, repeats)  # fmt: skip
+    return {
+        "shape": {"B": u.shape[0], "L": u.shape[1], "H": layer.hidden_size, "state_size": layer.state_size},
+        "scalar_forward_ms": ms(t_fwd["scalar"]),
+        "irregular_forward_ms": ms(t_fwd["irregular"]),
+        "forward_ratio": t_fwd["irregular"]["median"] / t_fwd["scalar"]["median"],
+        "scalar_forward_backward_ms": ms(t_fb["scalar"]),
+        "irregular_forward_backward_ms": ms(t_fb["irregular"]),
+        "forward_backward_ratio": t_fb["irregular"]["median"] / t_fb["scalar"]["median"],
+    }
+
+
+# ---------------------------------------------------------------------------- step
+def bench_step(frames: int, budget_s: float, embed_dim: int = 32, window: int = 60) -> dict:
+    """Per-frame latency of model.step at batch 1 vs recomputing a window with forward.
+
+    Each frame runs both, alternately, and each call is timed on its own; the medians over
+    frames are reported. Run at the default thread count and again with one thread.
+    """
+    torch.manual_seed(0)
+    model = S5Model(embed_dim=embed_dim, **recommended_defaults()).eval()
+    stream = torch.randn(1, window, embed_dim)
+    results: dict = {
+        "config": f"S5Model(embed_dim={embed_dim}, **recommended_defaults()), eval, torch.inference_mode, batch 1",
+        "window": window,
+    }
+    default_threads = torch.get_num_threads()
+    for label, threads in (("default_threads", default_threads), ("one_thread", 1)):
+        with _threads(threads), torch.inference_mode():
+            results[label] = _step_vs_window(model, stream, frames, budget_s / 2)
+        results[label]["threads"] = threads
+    return results
+
+
+def _step_vs_window(model, stream, frames: int, budget_s: float) -> dict:
+    import statistics
+
+    window = stream.shape[1]
+    cache = model.init_cache(1)
+    for t in range(5):  # warm-up: kernels, caches of the step operator
+        _, cache = model.step(stream[:, t], cache)
+        model(stream)
+    steps, windows = [], []
+    deadline = time.perf_counter() + budget_s
+    for t in range(frames):
+        start = time.perf_counter()
+        _, cache = model.step(stream[:, t % window], cache)
+        mid = time.perf_counter()
+        model(stream)  # the last `window` frames, recomputed from scratch
+        end = time.perf_counter()
+        steps.append(mid - start)
+        windows.append(end - mid)
+        if end > deadline and t >= 10:
+            break
+    steps.sort()
+    step_ms, window_ms = statistics.median(steps) * 1e3, statistics.median(windows) * 1e3
+    return {
+        "frames": len(steps),
+        "step_ms_per_frame": step_ms,
+        "step_p90_ms": steps[int(0.9 * (len(steps) - 1))] * 1e3,
+        "window_recompute_ms_per_frame": window_ms,
+        "speedup_vs_window": window_ms / step_ms,
+    }
+
+
+class _threads:
+    """Temporarily set torch's (and numba's) thread count."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self):
+        self.torch_before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        try:
+            import numba
+
+            self.numba_before = numba.get_num_threads()
+            numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+        except ImportError:
+            self.numba_before = None
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.torch_before)
+        if self.numba_before is not None:
+            import numba
+
+            numba.set_num_threads(self.numba_before)
