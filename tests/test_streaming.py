@@ -1,5 +1,6 @@
 """Streaming details beyond step == forward: the cached step operator and gradients through steps."""
 
+import pytest
 import torch
 
 from s5ssm import S5SSM, S5Model, recommended_defaults
@@ -63,3 +64,20 @@ def test_recommended_defaults_stream():
     with torch.inference_mode():
         y, cache = model.step(torch.randn(1, 5), cache)
     assert y.shape == (1, 2) and cache["count"] == 1
+
+
+def test_stream_cache_is_read_only_and_copies_are_rechecked():
+    """step trusts the states of the cache it returned (read-only); a changed copy is a
+    plain dict and is checked in full, NaN included."""
+    model = S5Model(embed_dim=3, hidden_size=4, state_size=4, num_layers=2, pooling="none").double().eval()
+    cache = model.init_cache(1)
+    x_t = torch.randn(1, 3, dtype=torch.float64)
+    _, cache = model.step(x_t, cache)
+    for mutate in (lambda: cache.__setitem__("count", 0), lambda: cache.update(count=0), lambda: cache.pop("sum")):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate()
+    poisoned = dict(cache, states=(cache["states"][0], torch.full_like(cache["states"][1], complex(float("nan"), 0))))
+    with pytest.raises(ValueError, match=r"cache\['states'\]\[1\] contains NaN"):
+        model.step(x_t, poisoned)
+    y, _ = model.step(x_t, dict(cache))  # an unchanged plain copy is accepted
+    assert torch.isfinite(y).all()

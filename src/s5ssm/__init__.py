@@ -7,9 +7,9 @@
 """
 
 from .block import S5Block
-from .model import S5Model, recommended_defaults
+from .model import S5Model, StreamCache, recommended_defaults
 from .scan import linear_scan
 from .ssm import S5SSM
 
 __version__ = "0.1.0"
-__all__ = ["S5SSM", "S5Block", "S5Model", "linear_scan", "recommended_defaults", "__version__"]
+__all__ = ["S5SSM", "S5Block", "S5Model", "StreamCache", "linear_scan", "recommended_defaults", "__version__"]
