@@ -126,7 +126,9 @@ def test_size_forms_and_errors():
     by_dict = task.make(0, {"train": 3, "val": 2, "test": 1})
     by_tuple = task.make(0, (3, 2, 1))
     assert [len(by_dict[s]) for s in ("train", "val", "test")] == [3, 2, 1]
+    by_string = task.make(0, "3,2,1")  # the command line's --size
     assert np.array_equal(by_dict["train"].inputs[2], by_tuple["train"].inputs[2])
+    assert np.array_equal(by_string["test"].inputs[0], by_tuple["test"].inputs[0])
     assert by_tuple["train"].lengths[0] == 12
     # explicitly bound options win over the size preset's options
     assert task.make(0, "tiny")["train"].lengths[0] == 12
@@ -136,6 +138,8 @@ def test_size_forms_and_errors():
         ("huge", "unknown size 'huge'"),
         ((1, 2), "size must be a name"),
         ((0, 1, 1), "positive int"),
+        ("3,x,1", "not three integers"),
+        ("3,0,1", "positive int"),
         ({"train": 1, "val": 1}, "exactly the keys"),
     ]:
         with pytest.raises(ValueError, match=match):

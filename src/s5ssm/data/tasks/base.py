@@ -158,6 +158,11 @@ class Task:
                     f"{self.name}: option {key!r} changes the model's input/output sizes; "
                     f"pass it to get_task({self.name!r}, {key}=...) instead of make()"
                 )
+        if isinstance(size, str) and size not in self.sizes and size.count(",") == 2:
+            try:  # "n_train,n_val,n_test", as the command line gives it
+                size = tuple(int(part) for part in size.split(","))
+            except ValueError:
+                raise ValueError(f"{self.name}: size {size!r} is not three integers n_train,n_val,n_test") from None
         if isinstance(size, str):
             if size not in self.sizes:
                 raise ValueError(
@@ -192,7 +197,7 @@ class Task:
         Args:
             seed: non-negative int; the same seed gives identical arrays.
             size: a named size ("default", "tiny", ...), a dict {"train": n, "val": n,
-                "test": n}, or a tuple (n_train, n_val, n_test). Named sizes may also set
+                "test": n}, a tuple (n_train, n_val, n_test) or the string "n_train,n_val,n_test". Named sizes may also set
                 options (e.g. "tiny" uses short sequences); explicit options win.
             **options: generator options (see ``task.options`` and the task's module).
         """
