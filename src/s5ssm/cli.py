@@ -17,6 +17,7 @@ import argparse
 import csv
 import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -152,9 +153,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = trainer.train(cfg, run_dir, resume=True)
     else:
         cfg = resolve_config(args)
+        if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SystemExit("error: under torchrun give --run_dir (every process must name the same directory)")
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
         summary = trainer.train(cfg, run_dir)
-    _print_summary(summary)
+    if summary:  # empty on the processes of a torchrun job other than the main one
+        _print_summary(summary)
     return 0
 
 

@@ -4,6 +4,7 @@ A run directory holds
     config.yaml          the resolved configuration (every option, after defaults)
     metrics_steps.csv    step, epoch, lr, loss
     metrics_epochs.csv   epoch, train/val loss and metric, seconds
+    tensorboard/         the same as TensorBoard events (when tensorboard is installed)
     curves.png           training and validation curves (when matplotlib is installed)
     checkpoints/         see s5ssm.checkpoint ("last" and "best")
     summary.json         final metrics per split, best epoch, wall time, parameter count
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .baselines import RNNModel
 from .data import SequenceDataset, collate, get_task, load_file, seeded_split
 from .io import atomic_write_text
@@ -270,24 +271,82 @@ def _better(metric: str, value: float, best: float | None) -> bool:
     return best is None or (value > best if metric == "accuracy" else value < best)
 
 
+class _RunLog:
+    """The run directory's metrics: CSV rows, TensorBoard events (when tensorboard is
+    installed), the curves plot. Inactive on every process but the main one."""
+
+    def __init__(self, run_dir: Path, active: bool, resume_step: int | None, log) -> None:
+        self.run_dir, self.active, self.writer = run_dir, active, None
+        if not active:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log("TensorBoard events are off (pip install tensorboard to write them)")
+        else:  # on resume, drop the events logged after the checkpoint (steps >= resume_step)
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+
+    def truncate(self, progress: dict) -> None:
+        """Forget what was logged after the checkpoint a resumed run starts from."""
+        if self.active:
+            _truncate_csv(self.run_dir / "metrics_steps.csv", "step", progress["global_step"])
+            _truncate_csv(self.run_dir / "metrics_epochs.csv", "epoch", progress["epoch"] - 1)
+
+    def step(self, row: dict) -> None:
+        if not self.active:
+            return
+        _append_csv(self.run_dir / "metrics_steps.csv", row)
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", row["loss"], row["step"])
+            self.writer.add_scalar("train/lr", row["lr"], row["step"])
+
+    def epoch(self, row: dict, global_step: int) -> None:
+        if not self.active:
+            return
+        _append_csv(self.run_dir / "metrics_epochs.csv", row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key.startswith(("train_", "val_")):
+                    self.writer.add_scalar(f"epoch/{key}", value, global_step)
+            self.writer.flush()
+        _plot(self.run_dir)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> dict:
-    """Train per cfg into run_dir (or continue it with resume=True); returns the summary dict."""
-    run_dir = Path(run_dir)
+    """Train per cfg into run_dir (or continue it with resume=True); returns the summary dict.
+
+    Under torchrun every process calls this; training is data-parallel (see
+    s5ssm.distributed) and only the main process writes or logs anything; the others
+    return an empty dict.
+    """
+    ctx, device = distributed.setup(cfg["device"])
+    try:
+        return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device) -> dict:
     ckpt_dir = run_dir / "checkpoints"
     if not resume:
         if (ckpt_dir / "last.json").exists():
             raise FileExistsError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --run_dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
-    device = torch.device(cfg["device"])
+        if ctx.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     torch.manual_seed(int(cfg["seed"]))
     data = load_data(cfg)
     info = data.info
-    model = build_model(cfg, info).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg))
+    net = build_model(cfg, info).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(net, cfg))
     train_set = data.splits["train"]
+    distributed.check_world(ctx, len(train_set))
     batch_size = int(cfg["batch_size"])
-    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    steps_per_epoch = distributed.steps_per_epoch(len(train_set), batch_size, ctx)
     total_steps, warmup_steps = steps_per_epoch * int(cfg["epochs"]), steps_per_epoch * int(cfg["warmup_epochs"])
     metric_name = info["metric"]
 
@@ -295,26 +354,31 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> di
                 "best_epoch": None, "seconds": 0.0}  # fmt: skip
     if resume:
         state = checkpoint.load(ckpt_dir, "last")
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         progress = state["progress"]
-        _truncate_csv(run_dir / "metrics_steps.csv", "step", progress["global_step"])
-        _truncate_csv(run_dir / "metrics_epochs.csv", "epoch", progress["epoch"] - 1)
+    runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log)
+    if resume:
+        runlog.truncate(progress)
         log(f"resuming {run_dir} at epoch {progress['epoch']}, batch {progress['batch']}")
-    log(f"{cfg['model']} model, {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(train_set)} train / {len(data.splits['val'])} val / {len(data.splits['test'])} test sequences")  # fmt: skip
+    log(f"{cfg['model']} model, {sum(p.numel() for p in net.parameters()):,} parameters; "
+        f"{len(train_set)} train / {len(data.splits['val'])} val / {len(data.splits['test'])} test sequences"
+        + (f"; {ctx.world} processes at batch size {batch_size} each" if ctx.distributed else ""))  # fmt: skip
+    # every process starts from the same weights (same seed; DDP also broadcasts rank 0's)
+    model = torch.nn.parallel.DistributedDataParallel(net) if ctx.distributed else net
 
     def save(pointers):
-        checkpoint.save(ckpt_dir, model, optimizer, progress, pointers)
+        if ctx.main:
+            checkpoint.save(ckpt_dir, net, optimizer, progress, pointers)
 
     kill_step = int(os.environ.get("S5SSM_KILL_AT_STEP", "-1"))  # fault injection for the resume test
     start_time = time.perf_counter() - progress["seconds"]
     every = int(cfg["checkpoint_every"])
     for epoch in range(progress["epoch"], int(cfg["epochs"])):
         model.train()
-        order = epoch_order(len(train_set), int(cfg["seed"]), epoch)
-        bar = _Progress(steps_per_epoch, progress["batch"], epoch, cfg["quiet"])
+        order = distributed.shard(epoch_order(len(train_set), int(cfg["seed"]), epoch), batch_size, ctx)
+        bar = _Progress(steps_per_epoch, progress["batch"], epoch, cfg["quiet"] or not ctx.main)
         tick = time.perf_counter()
         for index, batch in enumerate(_loader(train_set, batch_size, order)):
             if index < progress["batch"]:
@@ -331,9 +395,9 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> di
             sums = progress["sums"]
             progress["sums"] = [sums[0] + l_sum, sums[1] + m_sum, sums[2] + count]
             progress["batch"], progress["global_step"] = index + 1, step + 1
-            _append_csv(run_dir / "metrics_steps.csv", {"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], "loss": float(loss.detach())})
+            runlog.step({"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], "loss": float(loss.detach())})
             now = time.perf_counter()
-            bar.update(float(loss.detach()), metric_name, m_sum / max(count, 1), len(batch["y"]) / max(now - tick, 1e-9))
+            bar.update(float(loss.detach()), metric_name, m_sum / max(count, 1), len(batch["y"]) * ctx.world / max(now - tick, 1e-9))
             tick = now
             if step + 1 == kill_step:
                 os.kill(os.getpid(), 9)
@@ -341,32 +405,37 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> di
                 progress["seconds"] = time.perf_counter() - start_time
                 save(("last",))
         bar.close()
-        total_loss, total_metric, total_count = progress["sums"]
-        val = evaluate(model, data.splits["val"], info, batch_size, device)
+        total_loss, total_metric, total_count = distributed.sum_over_ranks(progress["sums"], ctx, device)
+        # every process evaluates the same unwrapped model (no collectives in evaluation)
+        val = evaluate(net, data.splits["val"], info, batch_size, device)
         row = {"epoch": epoch, "train_loss": total_loss / max(total_count, 1),
                f"train_{metric_name}": total_metric / max(total_count, 1),
                "val_loss": val["loss"], f"val_{metric_name}": val[metric_name],
                "seconds": round(time.perf_counter() - start_time, 2)}  # fmt: skip
-        _append_csv(run_dir / "metrics_epochs.csv", row)
         log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
             f"val loss {val['loss']:.4f} {metric_name} {val[metric_name]:.4f}")  # fmt: skip
         improved = _better(metric_name, val[metric_name], progress["best"])
         if improved:
             progress["best"], progress["best_epoch"] = val[metric_name], epoch
         progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - start_time)
+        runlog.epoch(row, progress["global_step"])
         save(("last", "best") if improved else ("last",))
-        _plot(run_dir)
+    runlog.close()
+    distributed.barrier(ctx)  # the last checkpoint is on disk before anyone reads it
+    if not ctx.main:
+        return {}
 
     best = checkpoint.load(ckpt_dir, "best")
-    model.load_state_dict(best["model"])
-    results = {split: evaluate(model, ds, info, batch_size, device) for split, ds in data.splits.items()}
+    net.load_state_dict(best["model"])
+    results = {split: evaluate(net, ds, info, batch_size, device) for split, ds in data.splits.items()}
     summary = {
         "model": cfg["model"],
         "task": cfg.get("task") or cfg.get("data"),
         "metric": metric_name,
         "best_epoch": progress["best_epoch"],
         "results": results,
-        "param_count": sum(p.numel() for p in model.parameters()),
+        "param_count": sum(p.numel() for p in net.parameters()),
+        "processes": ctx.world,
         "wall_seconds": round(time.perf_counter() - start_time, 1),
         "run_dir": str(run_dir),
     }
