@@ -65,7 +65,10 @@ def build(**options) -> Task:
             num_layers=4,
             dropout=0.0,
             pooling="last",
-            norm="layer",
+            # BatchNorm: a LayerNorm over the features of one step rescales the encoded
+            # (value, marker) pair per step, and the model stays at the mean predictor
+            # (MSE 0.167) where BatchNorm solves L = 100 in two epochs
+            norm="batch",
             prenorm=True,
             activation="half_glu1",
             bidirectional=False,
