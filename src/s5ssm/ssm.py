@@ -30,7 +30,8 @@ from ._checks import (
     checks_enabled,
 )
 from .discretize import METHODS, discretize
-from .scan import linear_scan
+from .scan import linear_scan, resolve_backend
+from .scan.irregular import irregular_scan
 
 FLOATS = (torch.float32, torch.float64)
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -294,18 +295,14 @@ class S5SSM(nn.Module):
             elif full.dim() == 1:
                 full = full[:, None].expand(batch, length)
             step_scale = torch.where(mask, full, torch.zeros_like(full))
-        lambda_bar, gamma = self.discretized(step_scale)
-        bu = self._project_in(u, gamma)
-        if mask is not None and contiguous:
-            bu = bu * mask[..., None]
-
-        xs = linear_scan(lambda_bar, bu, initial_state=state, resets=resets, backend=self.scan_backend)
+        scan = self._scanner(u, step_scale, mask if contiguous else None)
+        xs = scan(state, resets, False)
         directions = [xs]
         if self.bidirectional:
             # An episode starting at step k ends the backward pass at k: the reverse scan
             # clears the state carried from k into k-1, i.e. its reset flags move one step left.
             rev = None if resets is None else torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
-            directions.append(linear_scan(lambda_bar, bu, resets=rev, reverse=True, backend=self.scan_backend))
+            directions.append(scan(None, rev, True))
         y = self._project_out(directions, u)
         if mask is not None:
             y = y * mask[..., None]
@@ -317,6 +314,34 @@ class S5SSM(nn.Module):
         final = xs[torch.arange(batch, device=u.device), last.clamp(min=0)]
         carried = state if state is not None else torch.zeros_like(final)
         return y, torch.where((last >= 0)[:, None], final, carried)
+
+    def _scanner(self, u: torch.Tensor, step_scale, padding: torch.Tensor | None):
+        """scan(initial_state, resets, reverse) -> complex (B, L, P) states of this input.
+
+        A step_scale per step (B, L) on the compiled CPU backend takes the fused kernel
+        (scan.irregular: Λ̄ and γ computed in the scan, never stored as (B, L, P)); every
+        other case discretises first (γ folded into the input weight when it is shared)
+        and calls linear_scan. `padding`: a right-padding mask whose steps get B̄u = 0.
+        """
+        if (
+            isinstance(step_scale, torch.Tensor)
+            and step_scale.dim() == 2
+            and resolve_backend(self.scan_backend, u.device) == "cpu"
+        ):
+            v = torch.view_as_complex(F.linear(u, self._input_weight()).unflatten(-1, (self.num_states, 2)))
+            if padding is not None:
+                v = v * padding[..., None]
+            Lambda, delta = self.continuous_eigenvalues(), torch.exp(self.log_step) * self.step_rescale
+            return lambda state, resets, reverse: irregular_scan(
+                Lambda, delta, step_scale, v, self.discretization, initial_state=state, resets=resets, reverse=reverse
+            )
+        lambda_bar, gamma = self.discretized(step_scale)
+        bu = self._project_in(u, gamma)
+        if padding is not None:
+            bu = bu * padding[..., None]
+        return lambda state, resets, reverse: linear_scan(
+            lambda_bar, bu, initial_state=state, resets=resets, reverse=reverse, backend=self.scan_backend
+        )
 
     def step(
         self,
