@@ -9,73 +9,345 @@ of the same continuous eigenvalues Λ (P,) and steps Δ (P,): with w = Δ_p s_{b
 
 The unfused path (s5ssm.discretize + scan.linear_scan, kept as the reference and for
 other devices) materialises Λ̄ and γ as complex (B, L, P) tensors and keeps them, γv and
-their gradients for backward. Here Λ̄ and γ are computed in the kernels' inner loop:
-forward writes only the states; backward is the reverse scan with conj(Λ̄) recomputed,
-and reduces dΛ, dΔ (per sequence, summed after) and ds (per step) on the fly. Only v and
-the states are saved for backward, as for a scalar step.
+their gradients for backward. Here Λ̄ and γ are computed in the kernels, one row of
+states at a time: forward writes only the states; backward is the reverse scan with
+Λ̄, γ recomputed, and reduces dΛ, dΔ (per sequence, summed after) and ds (per step) on
+the fly. Only v and the states are saved for backward, as for a scalar step.
+
+Per element the discretisation costs an exp and a sin/cos pair. numba compiles math.exp,
+math.sin, ... to libm calls, which keep a loop scalar (with them this forward kernel took
+~8x the time of the plain scan), so `exp_expm1` and `sincos` below are straight-line
+polynomial code that LLVM vectorises over the states (4 float64 or 8 float32 lanes with
+AVX2), in the precision of the data: float32 for complex64 (as torch's complex64
+discretisation), float64 for complex128. Their references are math.exp, math.expm1,
+math.sin and math.cos (tested).
 
 Gradients follow PyTorch's convention for complex tensors (grad = conj(∂f/∂z)·grad_out
 for holomorphic f; the real part for a real input). A zero step (w = 0, a masked step of
 a non-contiguous mask) gives Λ̄ = 1 and γ = 0: the state passes through.
+
+The polynomial helpers live in this file on purpose: numba's cache (cache=True) is
+invalidated by changes to the kernel's own source file only, not to files it calls into.
 """
 
 from __future__ import annotations
 
 import math
+from decimal import Decimal, localcontext
+from typing import NamedTuple
 
 import numba
 import numpy as np
 import torch
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
 
+from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
 from .cpu import _flags, _splits
 
 METHODS = ("zoh", "bilinear")
+_FLAGS = {"contract"}  # fused multiply-adds (one rounding instead of two); no other fast-math
 
 
-@numba.njit(inline="always", cache=True)
-def _discretize(lam, inv_lam, w, zoh):  # pragma: no cover - compiled
-    """(Λ̄, γ) of one state for the step w = Δ·s."""
+# ---------------------------------------------------------------------------- exp and sin/cos
+class _Precision(NamedTuple):
+    """Constants of `exp_expm1` and `sincos` in one float type (numba specialises on it).
+
+    exp_expm1: x = n·ln2 + r, |r| <= ln2/2, expm1(r) by its Taylor series (`exp`, highest
+    order first), then exp x = 2^n (1 + expm1 r), expm1 x = (2^n - 1) + 2^n expm1 r.
+    sincos: y = k·π/2 + r, |r| <= π/4 (Cody-Waite: π/2 in three parts of which the first
+    two times k are exact for |k| < 2^(mantissa - split bits)), Taylor series of sin r and
+    cos r in z = r² (`sin`, `cos`). Beyond that |k| the reduction's error grows like
+    |y|·eps, the rounding error y itself carries; once |y|·eps nears π/4 (|y| ~ 2^mantissa)
+    sin y and cos y mean nothing, and r is clamped to ±π/4 so that they stay on the unit
+    circle (a state is never amplified by them).
+    """
+
+    zero: float  # the literals in the float type (a Python float literal would promote to float64)
+    quarter: float
+    half: float
+    one: float
+    two: float
+    three: float
+    four: float
+    inf: float
+    inv_ln2: float
+    ln2_hi: float
+    ln2_lo: float
+    n_min: float  # 2^n stays a normal number
+    n_max: float
+    exp_min: float  # below: exp = 0 (subnormal results are not produced)
+    exp_max: float  # above: exp = inf
+    exp: tuple  # 1/k! for k = top .. 2
+    inv_pio2: float
+    pio2_1: float
+    pio2_2: float
+    pio2_3: float
+    pio4: float
+    sin: tuple  # (-1)^k/(2k+1)! for k = top .. 1
+    cos: tuple  # (-1)^k/(2k)! for k = top .. 2
+
+
+def _pi() -> Decimal:
+    """π to the Decimal context's precision (the recipe of Python's decimal documentation)."""
+    with localcontext() as ctx:
+        ctx.prec += 2
+        last, t, s, n, na, d, da = 0, Decimal(3), 3, 1, 0, 0, 24
+        while s != last:
+            last = s
+            n, na = n + na, na + 8
+            d, da = d + da, da + 32
+            t = (t * n) / d
+            s += t
+    return +s
+
+
+def _split(value: Decimal, bits: int, parts: int) -> list[float]:
+    """value ≈ sum of `parts` floats, all but the last truncated to `bits` significant bits."""
+    out = []
+    for _ in range(parts - 1):
+        mantissa, exponent = math.frexp(float(value))
+        head = math.ldexp(math.trunc(mantissa * 2**bits), exponent - bits)
+        out.append(head)
+        value -= Decimal(head)
+    return out + [float(value)]
+
+
+def _make_precision(dtype, exp_top: int, sin_top: int, cos_top: int, split_bits: int) -> _Precision:
+    """The constants for numpy float type `dtype` with Taylor series up to the given orders."""
+    info = np.finfo(dtype)
+    with localcontext() as ctx:
+        ctx.prec = 60
+        pio2, ln2 = _pi() / 2, Decimal(2).ln()
+        ln2_hi, ln2_lo = _split(ln2, split_bits, 2)
+        values = dict(
+            zero=0.0, quarter=0.25, half=0.5, one=1.0, two=2.0, three=3.0, four=4.0, inf=math.inf,
+            inv_ln2=float(1 / ln2), ln2_hi=ln2_hi, ln2_lo=ln2_lo,
+            n_min=float(info.minexp), n_max=float(info.maxexp - 1),
+            exp_min=math.log(float(info.smallest_normal)), exp_max=math.log(float(info.max)),
+            inv_pio2=float(1 / pio2), **dict(zip(("pio2_1", "pio2_2", "pio2_3"), _split(pio2, split_bits, 3))),
+            pio4=float(pio2 / 2),
+        )  # fmt: skip
+    series = dict(
+        exp=tuple(1 / math.factorial(k) for k in range(exp_top, 1, -1)),
+        sin=tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(sin_top, 0, -1)),
+        cos=tuple((-1) ** k / math.factorial(2 * k) for k in range(cos_top, 1, -1)),
+    )
+    cast = dtype.type
+    return _Precision(**{k: cast(x) for k, x in values.items()}, **{k: tuple(map(cast, x)) for k, x in series.items()})
+
+
+# Taylor orders: the first neglected term is below half an ulp on the reduced ranges
+_F64 = _make_precision(np.dtype(np.float64), exp_top=14, sin_top=8, cos_top=9, split_bits=32)
+_F32 = _make_precision(np.dtype(np.float32), exp_top=9, sin_top=4, cos_top=5, split_bits=12)
+
+
+def _precision(array):  # pragma: no cover - replaced by the overload in compiled code
+    """The _Precision of a float32 or float64 array's dtype (a compile-time constant)."""
+    raise NotImplementedError("only callable from numba-compiled code")
+
+
+@overload(_precision)
+def _precision_overload(array):
+    # Chosen while typing (a constant in the kernel, not an argument: numba's parallel
+    # regions take no tuple arguments).
+    constants = _F32 if array.dtype == types.float32 else _F64
+    return lambda array: constants
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n for an integral float n in [n_min, n_max], built from the exponent bits.
+
+    n + (2^mantissa + bias) holds n + bias in its low mantissa bits; shifted left by the
+    mantissa width they become the biased exponent of 2^n (no float -> int conversion,
+    which AVX2 lacks for float64).
+    """
+    if n not in (types.float32, types.float64):
+        return None
+    width, mantissa, bias = (32, 23, 127) if n == types.float32 else (64, 52, 1023)
+
+    def codegen(context, builder, signature, args):
+        real, integer = context.get_value_type(n), ir.IntType(width)
+        shifted = builder.fadd(args[0], ir.Constant(real, 2.0**mantissa + bias))
+        bits = builder.shl(builder.bitcast(shifted, integer), ir.Constant(integer, mantissa))
+        return builder.bitcast(bits, real)
+
+    return n(n), codegen
+
+
+@numba.njit(inline="always", error_model="numpy")
+def exp_expm1(x, c):  # pragma: no cover - compiled
+    """(exp x, expm1 x) of a float x, constants c: _Precision of x's type (see there)."""
+    n = np.rint(x * c.inv_ln2)
+    n = n if n > c.n_min else c.n_min  # selects: a NaN x gives n = n_min, r = NaN
+    n = n if n < c.n_max else c.n_max
+    r = (x - n * c.ln2_hi) - n * c.ln2_lo
+    q = c.zero
+    for coefficient in c.exp:  # a loop over a constant tuple: unrolled by LLVM
+        q = q * r + coefficient
+    expm1_r = r + r * r * q
+    scale = _pow2(n)
+    e = scale + scale * expm1_r
+    em1 = (scale - c.one) + scale * expm1_r
+    e = c.zero if x < c.exp_min else (c.inf if x > c.exp_max else e)
+    em1 = -c.one if x < c.exp_min else (c.inf if x > c.exp_max else em1)
+    return e, em1
+
+
+@numba.njit(inline="always", error_model="numpy")
+def sincos(y, c):  # pragma: no cover - compiled
+    """(sin y, cos y) of a float y, constants c: _Precision of y's type (see there)."""
+    k = np.rint(y * c.inv_pio2)
+    r = ((y - k * c.pio2_1) - k * c.pio2_2) - k * c.pio2_3
+    r = c.pio4 if r > c.pio4 else (-c.pio4 if r < -c.pio4 else r)  # see _Precision; keeps NaN
+    z = r * r
+    ps = c.zero
+    for coefficient in c.sin:
+        ps = ps * z + coefficient
+    pc = c.zero
+    for coefficient in c.cos:
+        pc = pc * z + coefficient
+    sin_r = r + r * z * ps
+    cos_r = (c.one - c.half * z) + z * z * pc
+    quadrant = k - c.four * np.floor(c.quarter * k)  # k mod 4, as a float
+    odd = (quadrant == c.one) | (quadrant == c.three)
+    sin_y = cos_r if odd else sin_r
+    cos_y = -sin_r if odd else cos_r
+    negate = quadrant >= c.two
+    return (-sin_y if negate else sin_y), (-cos_y if negate else cos_y)
+
+
+# ---------------------------------------------------------------------------- rows of states
+# One row = the states lo .. hi of one (sequence, step); the kernels pass row views
+# (x[b, k, lo:hi]: 1-d, contiguous) so that every loop indexes with its own counter, which
+# LLVM vectorises. lam, inv_lam (Λ, 1/Λ): complex (n,) and delta (Δ): real (n,), in the
+# precision of the data (float32 for complex64), which Λ̄ and γ are computed in.
+@numba.njit(inline="always", error_model="numpy")
+def _zoh_row(lam, inv_lam, delta, s, c, lam_bar, gamma):  # pragma: no cover - compiled
+    """Λ̄ = exp(a), γ = expm1(a)/Λ for a = Λ·Δ·s; c: _Precision."""
+    for j in range(lam_bar.shape[0]):
+        w = delta[j] * s
+        e, em1 = exp_expm1(lam[j].real * w, c)
+        sin_h, cos_h = sincos(c.half * (lam[j].imag * w), c)  # half angle: cos y - 1 = -2 sin²(y/2)
+        sin_y = c.two * sin_h * cos_h
+        versine = c.two * sin_h * sin_h
+        cos_y = c.one - versine
+        expm1_a = complex(em1 * cos_y - versine, e * sin_y)  # no cancellation near a = 0
+        lam_bar[j] = complex(e * cos_y, e * sin_y)
+        gamma[j] = expm1_a * inv_lam[j]
+
+
+@numba.njit(inline="always", error_model="numpy")
+def _bilinear_row(lam, delta, s, c, lam_bar, gamma):  # pragma: no cover - compiled
+    """inv = 1/(1 - a/2), Λ̄ = (1 + a/2)·inv, γ = Δ·s·inv for a = Λ·Δ·s; c: _Precision."""
+    for j in range(lam_bar.shape[0]):
+        w = delta[j] * s
+        d_re, d_im = c.one - c.half * w * lam[j].real, -c.half * w * lam[j].imag  # 1 - a/2
+        norm = c.one / (d_re * d_re + d_im * d_im)
+        inv_re, inv_im = d_re * norm, -d_im * norm
+        n_re, n_im = c.two - d_re, -d_im  # 1 + a/2
+        lam_bar[j] = complex(n_re * inv_re - n_im * inv_im, n_re * inv_im + n_im * inv_re)
+        gamma[j] = complex(w * inv_re, w * inv_im)
+
+
+@numba.njit(inline="always")
+def _discretize_row(lam, inv_lam, delta, s, zoh, lam_bar, gamma):  # pragma: no cover - compiled
+    """Fill lam_bar, gamma (n,) with Λ̄, γ at step scale s (the reference: s5ssm.discretize)."""
     if zoh:
-        x = lam.real * w
-        y = lam.imag * w
-        ex = math.exp(x)
-        cos_y, sin_y = math.cos(y), math.sin(y)
-        half = math.sin(0.5 * y)
-        expm1 = complex(math.expm1(x) * cos_y - 2.0 * half * half, ex * sin_y)  # no cancellation near 0
-        return complex(ex * cos_y, ex * sin_y), expm1 * inv_lam
-    inv = 1.0 / (1.0 - 0.5 * w * lam)
-    return (1.0 + 0.5 * w * lam) * inv, w * inv
+        _zoh_row(lam, inv_lam, delta, s, _precision(delta), lam_bar, gamma)
+    else:
+        _bilinear_row(lam, delta, s, _precision(delta), lam_bar, gamma)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(inline="always")
+def _step_row(lam_bar, gamma, x_prev, v, out):  # pragma: no cover - compiled
+    """out = Λ̄ x_prev + γ v: one step of the recurrence."""
+    for j in range(out.shape[0]):
+        out[j] = lam_bar[j] * x_prev[j] + gamma[j] * v[j]
+
+
+@numba.njit(inline="always")
+def _adjoint_row(grad, gamma, carry, d_v):  # pragma: no cover - compiled
+    """g = dx + conj(Λ̄_next) g_next (carry in), stored into carry; d v = conj(γ) g."""
+    for j in range(carry.shape[0]):
+        g = grad[j] + carry[j]
+        carry[j] = g
+        d_v[j] = np.conj(gamma[j]) * g
+
+
+@numba.njit(inline="always")
+def _zoh_gradient_row(lam, s, v, x_prev, lam_bar, gamma, carry, acc, d_w):  # pragma: no cover - compiled
+    """Accumulate the ZOH chain rule of one row; carry: g in, conj(Λ̄) g out.
+
+    With dΛ̄ = g conj(x_prev), dγ = g conj(v), t1 = conj(Λ̄) dΛ̄, t2 = conj(Λ̄) dγ and
+    ∂Λ̄/∂Λ = wΛ̄, ∂Λ̄/∂w = ΛΛ̄, ∂γ/∂Λ = (wΛ̄ - γ)/Λ, ∂γ/∂w = Λ̄ (w = Δs), PyTorch's
+    convention gives dΛ += w t1 + conj(1/Λ)(w t2 - conj(γ) dγ), dw = Re(conj(Λ) t1 + t2).
+    Λ and Δ are constant per state, so acc sums s·t1, s·t2, conj(γ)dγ over the steps and
+    `_finalize` applies Λ, Δ once. d_w (n,) receives dw for the gradient of s.
+    """
+    for j in range(carry.shape[0]):
+        g = carry[j]
+        lam_bar_conj = np.conj(lam_bar[j])
+        d_gamma = g * np.conj(v[j])
+        t1 = lam_bar_conj * (g * np.conj(x_prev[j]))
+        t2 = lam_bar_conj * d_gamma
+        acc[0, j] += s * t1
+        acc[1, j] += s * t2
+        acc[2, j] += np.conj(gamma[j]) * d_gamma
+        d_w[j] = (np.conj(lam[j]) * t1 + t2).real
+        carry[j] = lam_bar_conj * g
+
+
+@numba.njit(inline="always")
+def _bilinear_gradient_row(lam, s, v, x_prev, lam_bar, carry, acc, d_w):  # pragma: no cover - compiled
+    """As `_zoh_gradient_row` for the bilinear rule.
+
+    With inv = 1/(1 - wΛ/2) = (Λ̄ + 1)/2: ∂Λ̄/∂Λ = w·inv², ∂Λ̄/∂w = Λ·inv², ∂γ/∂Λ = (w²/2)·inv²,
+    ∂γ/∂w = inv². With q = conj(inv²), q1 = q dΛ̄, q2 = q dγ: dΛ += w q1 + (w²/2) q2 and
+    dw = Re(conj(Λ) q1 + q2); acc sums s·q1, s·q2, (s²/2)·q2.
+    """
+    for j in range(carry.shape[0]):
+        g = carry[j]
+        inv = 0.5 * (lam_bar[j] + 1.0)
+        q = np.conj(inv * inv)
+        q1 = q * (g * np.conj(x_prev[j]))
+        q2 = q * (g * np.conj(v[j]))
+        acc[0, j] += s * q1
+        acc[1, j] += s * q2
+        acc[2, j] += (0.5 * s * s) * q2
+        d_w[j] = (np.conj(lam[j]) * q1 + q2).real
+        carry[j] = np.conj(lam_bar[j]) * g
+
+
+# ---------------------------------------------------------------------------- kernels
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
 def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, splits, out):  # pragma: no cover
+    """out (B, L, P): the states. lam, inv_lam, delta (P,) as in the row functions."""
     batch, length, size = v.shape
     width = (size + splits - 1) // splits
     for task in prange(batch * splits):
         b = task // splits
         lo = (task % splits) * width
         hi = min(size, lo + width)
+        lam_bar = np.empty(hi - lo, dtype=v.dtype)
+        gamma = np.empty(hi - lo, dtype=v.dtype)
+        zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
         for i in range(length):
             k = length - 1 - i if reverse else i
             prev = k + 1 if reverse else k - 1
-            s = scale[b, k]
-            for p in range(lo, hi):
-                lam_bar, gamma = _discretize(lam[p], inv_lam[p], delta[p] * s, zoh)
-                if resets[b, k]:
-                    carried = 0j
-                elif i == 0:
-                    carried = lam_bar * init[b, p]
-                else:
-                    carried = lam_bar * out[b, prev, p]
-                out[b, k, p] = carried + gamma * v[b, k, p]
+            _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], scale[b, k], zoh, lam_bar, gamma)
+            x_prev = zeros if resets[b, k] else (init[b, lo:hi] if i == 0 else out[b, prev, lo:hi])
+            _step_row(lam_bar, gamma, x_prev, v[b, k, lo:hi], out[b, k, lo:hi])
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
 def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, reverse, zoh, splits, grad,
-                     d_v, d_lam, d_delta, d_scale, d_init):  # pragma: no cover - compiled  # fmt: skip
-    """d_lam (B, P) complex128 and d_delta (B, P) float64 zeros, one row per sequence;
-    d_scale (splits, B, L) float64, one row per block of states; d_init (B, P)."""
+                     d_v, acc, d_scale, d_init):  # pragma: no cover - compiled  # fmt: skip
+    """The reverse scan with Λ̄, γ recomputed: d_v (B, L, P); acc (B, 3, P) complex128 zeros,
+    the sums of the gradient rows (one row per sequence, see `_finalize`); d_scale
+    (splits, B, L) float64, one row per block of states; d_init (B, P)."""
     batch, length, size = v.shape
     width = (size + splits - 1) // splits
     for task in prange(batch * splits):
@@ -83,54 +355,58 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
         split = task % splits
         lo = split * width
         hi = min(size, lo + width)
+        lam_bar = np.empty(hi - lo, dtype=v.dtype)
+        gamma = np.empty(hi - lo, dtype=v.dtype)
+        zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
         carry = np.zeros(hi - lo, dtype=np.complex128)  # conj(Λ̄_{k+1}) g_{k+1}
+        sums = np.zeros((3, hi - lo), dtype=np.complex128)
+        d_w = np.empty(hi - lo, dtype=np.float64)  # dL/dw of this step, w = Δ s
         for i in range(length):
             k = i if reverse else length - 1 - i  # against the scan's direction
             prev = k + 1 if reverse else k - 1
             s = scale[b, k]
-            reset = resets[b, k]
+            _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma)
+            x_prev = zeros if resets[b, k] else (init[b, lo:hi] if i == length - 1 else states[b, prev, lo:hi])
+            _adjoint_row(grad[b, k, lo:hi], gamma, carry, d_v[b, k, lo:hi])
+            if zoh:
+                _zoh_gradient_row(lam[lo:hi], s, v[b, k, lo:hi], x_prev, lam_bar, gamma, carry, sums, d_w)
+            else:
+                _bilinear_gradient_row(lam[lo:hi], s, v[b, k, lo:hi], x_prev, lam_bar, carry, sums, d_w)
+            if resets[b, k]:
+                carry[:] = 0
             d_s = 0.0
-            for p in range(lo, hi):
-                lam_p = lam[p]
-                w = delta[p] * s
-                lam_bar, gamma = _discretize(lam_p, inv_lam[p], w, zoh)
-                g = grad[b, k, p] + carry[p - lo]
-                d_v[b, k, p] = np.conj(gamma) * g
-                d_gamma = g * np.conj(v[b, k, p])
-                if reset:
-                    d_lam_bar = 0j
-                    carry[p - lo] = 0j
-                else:
-                    x_prev = init[b, p] if i == length - 1 else states[b, prev, p]
-                    d_lam_bar = g * np.conj(x_prev)
-                    carry[p - lo] = np.conj(lam_bar) * g
-                if zoh:  # ∂Λ̄/∂Λ, ∂Λ̄/∂w, ∂γ/∂Λ, ∂γ/∂w
-                    lb_lam, lb_w = w * lam_bar, lam_p * lam_bar
-                    g_lam, g_w = (w * lam_bar - gamma) * inv_lam[p], lam_bar
-                else:
-                    inv = 1.0 / (1.0 - 0.5 * w * lam_p)
-                    inv2 = inv * inv
-                    lb_lam, lb_w = w * inv2, lam_p * inv2
-                    g_lam, g_w = 0.5 * w * w * inv2, inv2
-                d_lam[b, p] += np.conj(lb_lam) * d_lam_bar + np.conj(g_lam) * d_gamma
-                d_w = (np.conj(lb_w) * d_lam_bar + np.conj(g_w) * d_gamma).real
-                d_delta[b, p] += d_w * s
-                d_s += d_w * delta[p]
+            for j in range(hi - lo):
+                d_s += d_w[j] * delta[lo + j]
             d_scale[split, b, k] = d_s
-        for p in range(lo, hi):
-            d_init[b, p] = carry[p - lo]
+        acc[b, :, lo:hi] = sums
+        d_init[b, lo:hi] = carry
 
 
-def _arrays(Lambda, delta, scale, v, initial_state):
-    """Contiguous numpy views (and 1/Λ) for the kernels; a zero initial state if None."""
-    lam = Lambda.detach().contiguous()
+def _arrays(Lambda, delta, scale, initial_state, v):
+    """The kernels' inputs in v's precision: Λ, 1/Λ (computed in complex128) and Δ (P,);
+    scale (B, L); and the initial state (zeros if None)."""
+    lam = Lambda.detach().to(torch.complex128)
+    as_numpy = lambda t, dtype: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
     init = initial_state if initial_state is not None else v.new_zeros(v.shape[0], v.shape[2])
-    return (lam.numpy(), (1 / lam).numpy(), delta.detach().contiguous().numpy(),
-            scale.detach().contiguous().numpy(), init.detach().contiguous())  # fmt: skip
+    return (as_numpy(lam, v.dtype), as_numpy(1 / lam, v.dtype), as_numpy(delta, v.real.dtype),
+            as_numpy(scale, v.real.dtype), init.detach().contiguous())  # fmt: skip
+
+
+def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh: bool):
+    """(dΛ complex (P,), dΔ real (P,)) from the kernel's sums acc (3, P) complex128
+    (`_zoh_gradient_row`, `_bilinear_gradient_row`), in float64 until the final cast."""
+    lam, step = Lambda.detach().to(torch.complex128), delta.detach().to(torch.float64)
+    first, second, third = acc
+    if zoh:
+        d_lam = step * first + (1 / lam).conj() * (step * second - third)
+    else:
+        d_lam = step * first + step**2 * third
+    d_delta = (lam.conj() * first + second).real
+    return d_lam.to(Lambda.dtype), d_delta.to(delta.dtype)
 
 
 def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool, zoh: bool) -> torch.Tensor:
-    lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, v, initial_state)
+    lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     v = v.contiguous()
     out = torch.empty_like(v)
     batch, length, size = v.shape
@@ -140,26 +416,20 @@ def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool,
 
 
 def _backward_impl(Lambda, delta, scale, v, states, initial_state, resets, reverse: bool, zoh: bool, grad):
-    lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, v, initial_state)
+    lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     batch, length, size = v.shape
     splits = _splits(batch, size)
     d_v = torch.empty_like(v)
-    d_lam = np.zeros((batch, size), dtype=np.complex128)
-    d_delta = np.zeros((batch, size), dtype=np.float64)
+    acc = torch.zeros(batch, 3, size, dtype=torch.complex128)
     d_scale = np.zeros((splits, batch, length), dtype=np.float64)
     d_init = torch.empty_like(init)
     _backward_kernel(
         lam, inv_lam, dl, sc, v.contiguous().numpy(), states.contiguous().numpy(), init.numpy(),
         _flags(resets, batch, length), reverse, zoh, splits, grad.contiguous().numpy(),
-        d_v.numpy(), d_lam, d_delta, d_scale, d_init.numpy(),
+        d_v.numpy(), acc.numpy(), d_scale, d_init.numpy(),
     )  # fmt: skip
-    return (
-        torch.from_numpy(d_lam.sum(axis=0)).to(Lambda.dtype),
-        torch.from_numpy(d_delta.sum(axis=0)).to(delta.dtype),
-        torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype),
-        d_v,
-        d_init,
-    )
+    d_lam, d_delta = _finalize(acc.sum(dim=0), Lambda, delta, zoh)
+    return d_lam, d_delta, torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype), d_v, d_init
 
 
 if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.compile
@@ -223,6 +493,30 @@ class _IrregularScan(torch.autograd.Function):
         return d_lam, d_delta, d_scale, d_v, d_init if initial_state is not None else None, None, None, None
 
 
+def _check(Lambda, delta, scale, v, initial_state, resets) -> None:
+    """Raise on a wrong type, dtype, shape or device, naming the argument."""
+    v = expect_tensor("v", v)
+    expect_dtype("v", v, (torch.complex64, torch.complex128))
+    expect_shape("v", v, (None, None, None), "BLP")
+    if v.device.type != "cpu":
+        raise ValueError(f"v is on {v.device}: irregular_scan runs on CPU tensors")
+    batch, length, size = v.shape
+    expect_dtype("Lambda", expect_tensor("Lambda", Lambda), v.dtype)
+    expect_shape("Lambda", Lambda, (size,), "P")
+    expect_dtype("delta", expect_tensor("delta", delta), (torch.float32, torch.float64))
+    expect_shape("delta", delta, (size,), "P")
+    expect_dtype("scale", expect_tensor("scale", scale), (torch.float32, torch.float64))
+    expect_shape("scale", scale, (batch, length), "BL")
+    for name, tensor in (("Lambda", Lambda), ("delta", delta), ("scale", scale)):
+        expect_same_device(name, tensor, v)
+    if initial_state is not None:
+        expect_dtype("initial_state", expect_tensor("initial_state", initial_state), v.dtype)
+        expect_shape("initial_state", initial_state, (batch, size), "BP")
+        expect_same_device("initial_state", initial_state, v)
+    if resets is not None:
+        expect_same_device("resets", expect_bool_mask("resets", resets, batch, length), v)
+
+
 def irregular_scan(
     Lambda: torch.Tensor,
     delta: torch.Tensor,
@@ -236,21 +530,24 @@ def irregular_scan(
 ) -> torch.Tensor:
     """States of x_k = Λ̄(Δ s_k) x_{k-1} + γ(Δ s_k) v_k, discretised inside the kernels.
 
+    Same recurrence, resets and reverse semantics as `linear_scan` (scan/reference.py) on
+    `discretize(Λ, ·, method, s)`: in reverse, Λ̄_k (from s_k) multiplies x_{k+1}.
+    Differentiable w.r.t. Lambda, delta, scale, v and initial_state.
+
     Args:
-        Lambda: complex (P,) continuous eigenvalues.
+        Lambda: complex (P,) continuous eigenvalues, v's dtype.
         delta: real (P,) steps Δ (exp(log_step) · step_rescale).
         scale: real (B, L) step_scale per step (0 at a step to skip).
-        v: complex (B, L, P) B~u, before discretisation.
+        v: complex64/128 (B, L, P) B~u, before discretisation; CPU.
         method: "zoh" or "bilinear".
         initial_state: complex (B, P) or None; resets: bool (B, L) or None; reverse: bool.
 
     Returns:
-        complex (B, L, P) states; equal to discretize + linear_scan on the same inputs.
+        complex (B, L, P) states.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if v.device.type != "cpu":
-        raise ValueError(f"irregular_scan runs on CPU tensors, got v on {v.device}")
+    _check(Lambda, delta, scale, v, initial_state, resets)
     real = v.real.dtype
     delta, scale = delta.to(real), scale.to(real)
     zoh = method == "zoh"
