@@ -4,7 +4,8 @@ Layout under a run's `checkpoints/` directory:
 
     step-000000120/            one complete checkpoint
         model.safetensors      model.state_dict()
-        optimizer.safetensors  the optimizer's per-parameter state tensors, and the torch RNG state
+        optimizer.safetensors  the optimizer's per-parameter state tensors, and the torch RNG
+                               state of each process ("rng.torch" of rank 0, "rng.torch.R" of rank R)
         state.json             optimizer param_groups, training progress (written last)
     last.json                  {"dir": "step-000000120"}: the pointer to the newest checkpoint
     best.json                  the same for the best validation metric
@@ -63,15 +64,21 @@ def save(
     optimizer: torch.optim.Optimizer,
     progress: dict,
     pointers: tuple[str, ...] = ("last",),
+    rng_states: list[torch.Tensor] | None = None,
 ) -> Path:
-    """Write a checkpoint for progress["global_step"] and point `pointers` at it."""
+    """Write a checkpoint for progress["global_step"] and point `pointers` at it.
+
+    rng_states: the torch RNG state of every process of a data-parallel run, by rank
+    (default: this process's alone). Save the unwrapped model, not a DistributedDataParallel.
+    """
     root = Path(root)
     directory = root / f"step-{int(progress['global_step']):09d}"
     if not (directory / "state.json").is_file():  # best and last of one step share a directory
         if directory.exists():
             shutil.rmtree(directory)  # left incomplete by a crash
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
-        tensors["rng.torch"] = torch.get_rng_state()
+        for rank, state in enumerate(rng_states or [torch.get_rng_state()]):
+            tensors["rng.torch" + (f".{rank}" if rank else "")] = state
         save_safetensors(model.state_dict(), directory / "model.safetensors")
         _crash_point("save")
         save_safetensors(tensors, directory / "optimizer.safetensors")
@@ -101,11 +108,13 @@ def resolve(root: str | Path, name: str = "last") -> Path:
 
 
 def load(root: str | Path, name: str = "last") -> dict:
-    """{"model": state_dict, "optimizer": state_dict, "rng": tensor, "progress": dict}."""
+    """{"model": state_dict, "optimizer": state_dict, "rng": [state per rank], "progress": dict}."""
     directory = resolve(root, name)
     meta = json.loads((directory / "state.json").read_text())
     tensors = load_safetensors(directory / "optimizer.safetensors")
-    rng = tensors.pop("rng.torch")
+    rng = [tensors.pop("rng.torch")]
+    while f"rng.torch.{len(rng)}" in tensors:
+        rng.append(tensors.pop(f"rng.torch.{len(rng)}"))
     return {
         "model": load_safetensors(directory / "model.safetensors"),
         "optimizer": _unflatten_optimizer(tensors, meta["optimizer"]),

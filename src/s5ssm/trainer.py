@@ -10,10 +10,17 @@ A run directory holds
     summary.json         final metrics per split, best epoch, wall time, parameter count
 
 Exact resume: each epoch's order is a permutation drawn from (seed, epoch); a checkpoint
-stores the model, optimizer, torch RNG state (dropout), the position inside the epoch and
-the epoch's running sums; the learning rate is a pure function of the global step. So a
-run killed at any point and resumed from its last checkpoint ends with the same metrics,
-bit for bit, as a run never interrupted.
+stores the model, optimizer, torch RNG state (dropout) of every process, the position
+inside the epoch and the epoch's running sums; the learning rate is a pure function of the
+global step. So a run killed at any point and resumed from its last checkpoint ends with
+the same metrics, bit for bit, as a run never interrupted.
+
+Under torchrun (see s5ssm.distributed) each process trains on its shard of every global
+batch and the model is wrapped in DistributedDataParallel. Batch sums (loss, metric,
+count) are added up over the processes at every step and evaluation splits the sequences
+between them, so every process holds the same numbers; only the main process writes.
+BatchNorm statistics stay per process, as in the paper's code; DDP hands rank 0's running
+statistics to every process at each forward, and rank 0's are the ones checkpointed.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
@@ -155,8 +163,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5E5]).permutation(n)
 
 
-def batch_loss(model, batch: dict, info: dict, device) -> tuple[torch.Tensor, float, float, float]:
-    """(mean loss, loss sum, metric sum, count) of one batch.
+def batch_loss(model, batch: dict, info: dict, device) -> tuple[torch.Tensor, float, int]:
+    """(loss sum, metric sum, count) of one batch; the loss sum is the tensor to differentiate.
 
     Classification: cross-entropy, metric = correct predictions, count = sequences.
     Regression: squared error, metric = squared error, count = target elements (valid steps only).
@@ -179,20 +187,75 @@ def batch_loss(model, batch: dict, info: dict, device) -> tuple[torch.Tensor, fl
             count = err.numel()
         loss_sum = err.sum()
         metric = float(loss_sum.detach())
-    return loss_sum / max(count, 1), float(loss_sum.detach()), metric, count
+    return loss_sum, metric, count
+
+
+def _evaluation_share(dataset: SequenceDataset, ctx: distributed.Context) -> SequenceDataset | None:
+    """The sequences this process evaluates: every world-th from its rank (None if none)."""
+    if not ctx.distributed:
+        return dataset
+    indices = np.arange(ctx.rank, len(dataset), ctx.world)
+    return dataset.subset(indices) if len(indices) else None
 
 
 @torch.no_grad()
-def evaluate(model, dataset: SequenceDataset, info: dict, batch_size: int, device) -> dict:
-    """{"loss", metric name: value} over the whole split, in eval mode."""
+def evaluate(model, dataset: SequenceDataset, info: dict, batch_size: int, device,
+             ctx: distributed.Context = distributed.Context()) -> dict:  # fmt: skip
+    """{"loss", metric name: value} over the whole split, in eval mode.
+
+    Under torchrun (ctx) each process evaluates its share of the split and the sums are
+    added up over the processes, which must hold the same weights: every process returns
+    the numbers of the whole split.
+    """
     was_training = model.training
     model.eval()
     loss, metric, count = 0.0, 0.0, 0
-    for batch in _loader(dataset, batch_size):
-        _, l_sum, m_sum, n = batch_loss(model, batch, info, device)
-        loss, metric, count = loss + l_sum, metric + m_sum, count + n
+    share = _evaluation_share(dataset, ctx)
+    for batch in _loader(share, batch_size) if share is not None else ():
+        l_sum, m_sum, n = batch_loss(model, batch, info, device)
+        loss, metric, count = loss + float(l_sum.detach()), metric + m_sum, count + n
     model.train(was_training)
+    loss, metric, count = distributed.sum_over_ranks([loss, metric, count], ctx, device)
     return {"loss": loss / max(count, 1), info["metric"]: metric / max(count, 1)}
+
+
+def _step_loss(loss_sum: torch.Tensor, metric: float, count: int, ctx: distributed.Context, device) -> tuple:
+    """(loss to differentiate, the batch's mean loss to log, [loss, metric, count] sums of the batch).
+
+    Alone: the batch mean. Under torchrun the sums are those of the global batch (all
+    processes), and the loss is loss_sum · world / global count: DDP averages the gradients
+    over the processes, which makes that the gradient of the global batch's mean loss even
+    when the processes' counts differ (masked per-step targets).
+    """
+    if not ctx.distributed:
+        loss = loss_sum / max(count, 1)
+        return loss, float(loss.detach()), [float(loss_sum.detach()), metric, count]
+    sums = distributed.sum_over_ranks([float(loss_sum.detach()), metric, count], ctx, device)
+    return loss_sum * (ctx.world / max(sums[2], 1)), sums[0] / max(sums[2], 1), sums
+
+
+def _process_seed(seed: int, rank: int) -> int:
+    """The torch seed of process `rank` after the model is built: rank 0 keeps the run's
+    stream (a single process is unchanged), the others draw their own dropout masks."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def _rng_states(ctx: distributed.Context) -> list[torch.Tensor]:
+    """Every process's torch RNG state, by rank (a collective under torchrun)."""
+    state = torch.get_rng_state()
+    if not ctx.distributed:
+        return [state]
+    states: list = [None] * ctx.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _share_buffers(net: torch.nn.Module, ctx: distributed.Context) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics, updated by each
+    process's own last batch), so all evaluate the model that rank 0 checkpoints."""
+    if ctx.distributed:
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
 
 
 # ---------------------------------------------------------------------------- run
@@ -286,6 +349,11 @@ class _RunLog:
         else:  # on resume, drop the events logged after the checkpoint (steps >= resume_step)
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
 
+    def flush(self) -> None:
+        """Put the events logged so far on disk (before a checkpoint, which a resume purges after)."""
+        if self.writer is not None:
+            self.writer.flush()
+
     def truncate(self, progress: dict) -> None:
         """Forget what was logged after the checkpoint a resumed run starts from."""
         if self.active:
@@ -320,8 +388,9 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> di
     """Train per cfg into run_dir (or continue it with resume=True); returns the summary dict.
 
     Under torchrun every process calls this; training is data-parallel (see
-    s5ssm.distributed) and only the main process writes or logs anything; the others
-    return an empty dict.
+    s5ssm.distributed and this module's docstring) and only the main process writes or
+    logs anything; the others return an empty dict. The process group is destroyed on the
+    way out, also after an error.
     """
     ctx, device = distributed.setup(cfg["device"])
     try:
@@ -341,10 +410,12 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     torch.manual_seed(int(cfg["seed"]))
     data = load_data(cfg)
     info = data.info
-    net = build_model(cfg, info).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(net, cfg))
     train_set = data.splits["train"]
     distributed.check_world(ctx, len(train_set))
+    net = build_model(cfg, info).to(device)
+    if ctx.rank:
+        torch.manual_seed(_process_seed(int(cfg["seed"]), ctx.rank))
+    optimizer = torch.optim.AdamW(parameter_groups(net, cfg))
     batch_size = int(cfg["batch_size"])
     steps_per_epoch = distributed.steps_per_epoch(len(train_set), batch_size, ctx)
     total_steps, warmup_steps = steps_per_epoch * int(cfg["epochs"]), steps_per_epoch * int(cfg["warmup_epochs"])
@@ -354,9 +425,12 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
                 "best_epoch": None, "seconds": 0.0}  # fmt: skip
     if resume:
         state = checkpoint.load(ckpt_dir, "last")
+        if len(state["rng"]) != ctx.world:
+            raise ValueError(f"--resume {run_dir}: the run was trained by {len(state['rng'])} process(es) "
+                             f"(WORLD_SIZE); resume it with as many, not {ctx.world}")  # fmt: skip
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"][ctx.rank])
         progress = state["progress"]
     runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log)
     if resume:
@@ -366,11 +440,16 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         f"{len(train_set)} train / {len(data.splits['val'])} val / {len(data.splits['test'])} test sequences"
         + (f"; {ctx.world} processes at batch size {batch_size} each" if ctx.distributed else ""))  # fmt: skip
     # every process starts from the same weights (same seed; DDP also broadcasts rank 0's)
-    model = torch.nn.parallel.DistributedDataParallel(net) if ctx.distributed else net
+    model = net
+    if ctx.distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
 
     def save(pointers):
+        rng = _rng_states(ctx)  # every process reaches every save
         if ctx.main:
-            checkpoint.save(ckpt_dir, net, optimizer, progress, pointers)
+            runlog.flush()
+            checkpoint.save(ckpt_dir, net, optimizer, progress, pointers, rng)
 
     kill_step = int(os.environ.get("S5SSM_KILL_AT_STEP", "-1"))  # fault injection for the resume test
     start_time = time.perf_counter() - progress["seconds"]
@@ -386,18 +465,17 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             step = progress["global_step"]
             for group in optimizer.param_groups:
                 group["lr"] = lr_factor_at(step, warmup_steps, total_steps, group["base_lr"], cfg["lr_min"])
-            loss, l_sum, m_sum, count = batch_loss(model, batch, info, device)
+            loss, logged, sums = _step_loss(*batch_loss(model, batch, info, device), ctx, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
             optimizer.step()
-            sums = progress["sums"]
-            progress["sums"] = [sums[0] + l_sum, sums[1] + m_sum, sums[2] + count]
+            progress["sums"] = [total + value for total, value in zip(progress["sums"], sums)]
             progress["batch"], progress["global_step"] = index + 1, step + 1
-            runlog.step({"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], "loss": float(loss.detach())})
+            runlog.step({"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], "loss": logged})
             now = time.perf_counter()
-            bar.update(float(loss.detach()), metric_name, m_sum / max(count, 1), len(batch["y"]) * ctx.world / max(now - tick, 1e-9))
+            bar.update(logged, metric_name, sums[1] / max(sums[2], 1), len(batch["y"]) * ctx.world / max(now - tick, 1e-9))
             tick = now
             if step + 1 == kill_step:
                 os.kill(os.getpid(), 9)
@@ -405,9 +483,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
                 progress["seconds"] = time.perf_counter() - start_time
                 save(("last",))
         bar.close()
-        total_loss, total_metric, total_count = distributed.sum_over_ranks(progress["sums"], ctx, device)
-        # every process evaluates the same unwrapped model (no collectives in evaluation)
-        val = evaluate(net, data.splits["val"], info, batch_size, device)
+        total_loss, total_metric, total_count = progress["sums"]  # over all processes
+        _share_buffers(net, ctx)
+        val = evaluate(net, data.splits["val"], info, batch_size, device, ctx)
         row = {"epoch": epoch, "train_loss": total_loss / max(total_count, 1),
                f"train_{metric_name}": total_metric / max(total_count, 1),
                "val_loss": val["loss"], f"val_{metric_name}": val[metric_name],
@@ -421,13 +499,11 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         runlog.epoch(row, progress["global_step"])
         save(("last", "best") if improved else ("last",))
     runlog.close()
-    distributed.barrier(ctx)  # the last checkpoint is on disk before anyone reads it
+    distributed.barrier(ctx)  # the best checkpoint is on disk before anyone reads it
+    net.load_state_dict(checkpoint.load(ckpt_dir, "best")["model"])
+    results = {split: evaluate(net, ds, info, batch_size, device, ctx) for split, ds in data.splits.items()}
     if not ctx.main:
         return {}
-
-    best = checkpoint.load(ckpt_dir, "best")
-    net.load_state_dict(best["model"])
-    results = {split: evaluate(net, ds, info, batch_size, device) for split, ds in data.splits.items()}
     summary = {
         "model": cfg["model"],
         "task": cfg.get("task") or cfg.get("data"),
