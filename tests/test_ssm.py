@@ -318,7 +318,12 @@ def test_step_cache_follows_parameters_and_options():
 
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("backend", ["reference", "parallel", "auto"])
-@pytest.mark.parametrize("case", ["uni_zoh_right_BL", "bi_bilinear_gaps", "uni_full_resets_state"])
+@pytest.mark.parametrize(
+    "case",
+    # "scalar": a time-invariant Λ̄, which "auto" runs through scan.cpu_layer (one fused Function)
+    ["uni_zoh_right_BL", "bi_bilinear_gaps", "uni_full_resets_state", "uni_scalar_right_resets_state",
+     "bi_scalar_right_resets"],
+)
 def test_gradcheck_layer(backend, case):
     conj_sym = case != "uni_full_resets_state"
     bidirectional = case.startswith("bi")
@@ -341,6 +346,9 @@ def test_gradcheck_layer(backend, case):
     if "state" in case:
         inputs.append(torch.randn(B, layer.num_states, dtype=torch.complex128, generator=g))
     inputs = [t.clone().requires_grad_() for t in inputs]
+
+    if "scalar" in case:
+        inputs[1] = 0.7  # gradcheck differentiates tensors only
 
     def f(u, scale, *rest):
         params = dict(zip(names, rest[: len(names)]))
@@ -408,3 +416,40 @@ def test_property_backends_and_step_equal(B, L, H, half_block, J, conj_sym, bidi
     torch.testing.assert_close(run(layer, "auto", u), want, rtol=1e-10, atol=1e-10)
     if not bidirectional:
         torch.testing.assert_close(stepwise(layer, u)[0], want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_cpu_core_equals_the_separate_ops_with_gradients(bidirectional, dtype):
+    """scan.cpu_layer (what "auto" runs for a scalar step_scale on the CPU) against the
+    reference scan between the plain projections: outputs and every gradient."""
+    B, L, H = 3, 33, 5
+    g = torch.Generator().manual_seed(21 + bidirectional)
+    layer = make_layer(H, 8, 2, seed=4, dtype=dtype, bidirectional=bidirectional)
+    u = torch.randn(B, L, H, dtype=dtype, generator=g)
+    mask = torch.arange(L)[None, :] < torch.tensor([L, 20, 7])[:, None]
+    resets = torch.rand(B, L, generator=g) < 0.1
+    state = None if bidirectional else torch.randn(B, layer.num_states, dtype=layer.complex_dtype, generator=g)
+    grad_y = torch.randn(B, L, H, dtype=dtype, generator=g)
+    results = {}
+    for backend in ("reference", "auto"):
+        layer.zero_grad()
+        leaves = [u.clone().requires_grad_()] + ([state.clone().requires_grad_()] if state is not None else [])
+        layer.scan_backend = backend
+        y = layer(leaves[0], mask=mask, resets=resets, state=leaves[1] if state is not None else None, step_scale=1.3)
+        y.backward(grad_y)
+        results[backend] = [y] + [t.grad for t in leaves] + [p.grad.clone() for p in layer.parameters()]
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    names = ["y", "u", *(["state"] if state is not None else []), *(n for n, _ in layer.named_parameters())]
+    for name, want, got in zip(names, results["reference"], results["auto"], strict=True):
+        torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}: {m}")
+
+
+def test_fused_cpu_core_under_inference_mode_and_torch_compile():
+    layer = make_layer(4, 8, 2, seed=2, dtype=torch.float32)
+    u = torch.randn(2, 11, 4)
+    want = layer(u)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(u), want)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(u), want, rtol=1e-5, atol=1e-6)

@@ -30,11 +30,16 @@ from ._checks import (
     checks_enabled,
 )
 from .discretize import METHODS, discretize
-from .scan import linear_scan, resolve_backend
+from .scan import cpu_layer, linear_scan, resolve_backend
 from .scan.irregular import irregular_scan
 
 FLOATS = (torch.float32, torch.float64)
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def is_right_padded(mask: torch.Tensor) -> bool:
@@ -295,15 +300,21 @@ class S5SSM(nn.Module):
             elif full.dim() == 1:
                 full = full[:, None].expand(batch, length)
             step_scale = torch.where(mask, full, torch.zeros_like(full))
-        scan = self._scanner(u, step_scale, mask if contiguous else None)
-        xs = scan(state, resets, False)
-        directions = [xs]
-        if self.bidirectional:
-            # An episode starting at step k ends the backward pass at k: the reverse scan
-            # clears the state carried from k into k-1, i.e. its reset flags move one step left.
-            rev = None if resets is None else torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
-            directions.append(scan(None, rev, True))
-        y = self._project_out(directions, u)
+        padding = mask if contiguous else None
+        # An episode starting at step k ends the backward pass at k: the reverse scan
+        # clears the state carried from k into k-1, i.e. its reset flags move one step left.
+        rev = None
+        if self.bidirectional and resets is not None:
+            rev = torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
+        if not return_state and self._fused(u, step_scale):
+            lambda_bar, gamma = self.discretized(step_scale)
+            y = cpu_layer.s5_core(u, self._input_weight(gamma), lambda_bar, self._output_weights(), self.D,
+                                  state, resets, rev, padding)  # fmt: skip
+        else:
+            scan = self._scanner(u, step_scale, padding)
+            xs = scan(state, resets, False)
+            directions = [xs] + ([scan(None, rev, True)] if self.bidirectional else [])
+            y = self._project_out(directions, u)
         if mask is not None:
             y = y * mask[..., None]
         if not return_state:
@@ -314,6 +325,16 @@ class S5SSM(nn.Module):
         final = xs[torch.arange(batch, device=u.device), last.clamp(min=0)]
         carried = state if state is not None else torch.zeros_like(final)
         return y, torch.where((last >= 0)[:, None], final, carried)
+
+    def _fused(self, u: torch.Tensor, step_scale) -> bool:
+        """Whether forward takes scan.cpu_layer (projections and scans in one autograd
+        Function): compiled backend, a time-invariant Λ̄, and not under torch.compile
+        (which sees the separate registered ops instead)."""
+        return (
+            not isinstance(step_scale, torch.Tensor)
+            and resolve_backend(self.scan_backend, u.device) == "cpu"
+            and not _is_compiling()
+        )
 
     def _scanner(self, u: torch.Tensor, step_scale, padding: torch.Tensor | None):
         """scan(initial_state, resets, reverse) -> complex (B, L, P) states of this input.

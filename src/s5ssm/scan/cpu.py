@@ -105,22 +105,24 @@ def _flags(resets: torch.Tensor | None, batch: int, length: int) -> np.ndarray:
     return resets.contiguous().numpy()
 
 
-def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool) -> torch.Tensor:
+def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool, in_place: bool = False) -> torch.Tensor:
+    """The states (B, L, P); in_place: written over `bu` (contiguous, owned by the caller)."""
     lam = _layout(lambda_bar).contiguous()
-    bu = bu.contiguous()
+    bu = bu if in_place else bu.contiguous()
     init = initial_state.contiguous() if initial_state is not None else bu.new_zeros(bu.shape[0], bu.shape[2])
-    out = torch.empty_like(bu)
+    out = bu if in_place else torch.empty_like(bu)
     batch, length, size = bu.shape
     flags = _flags(resets, batch, length)
     _forward_kernel(lam.numpy(), bu.numpy(), init.numpy(), flags, reverse, _splits(batch, size), out.numpy())
     return out
 
 
-def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, grad):
+def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, grad, in_place: bool = False):
+    """(d Λ̄, d bu, d initial_state); in_place: d bu is written over `grad` (contiguous, owned by the caller)."""
     lam = _layout(lambda_bar).contiguous()
     batch, length, size = states.shape
     init = initial_state.contiguous() if initial_state is not None else states.new_zeros(batch, size)
-    d_bu = torch.empty_like(states)
+    d_bu = grad if in_place else torch.empty_like(states)
     d_lam = states.new_zeros(batch, lam.shape[1], size)
     d_init = torch.empty_like(init)
     _backward_kernel(
