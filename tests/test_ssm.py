@@ -418,16 +418,21 @@ def test_property_backends_and_step_equal(B, L, H, half_block, J, conj_sym, bidi
         torch.testing.assert_close(stepwise(layer, u)[0], want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("scale_kind", ["float", "BL", "BL_gaps"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_cpu_core_equals_the_separate_ops_with_gradients(bidirectional, dtype):
-    """scan.cpu_layer (what "auto" runs for a scalar step_scale on the CPU) against the
-    reference scan between the plain projections: outputs and every gradient."""
+def test_fused_cpu_core_equals_the_separate_ops_with_gradients(scale_kind, bidirectional, dtype):
+    """scan.cpu_layer (what "auto" runs on the CPU for a scalar or per-step step_scale)
+    against the reference scan between the plain projections: outputs and every gradient."""
     B, L, H = 3, 33, 5
     g = torch.Generator().manual_seed(21 + bidirectional)
-    layer = make_layer(H, 8, 2, seed=4, dtype=dtype, bidirectional=bidirectional)
+    layer = make_layer(H, 8, 2, seed=4, dtype=dtype, bidirectional=bidirectional,
+                       discretization="bilinear" if scale_kind == "BL_gaps" else "zoh")  # fmt: skip
     u = torch.randn(B, L, H, dtype=dtype, generator=g)
     mask = torch.arange(L)[None, :] < torch.tensor([L, 20, 7])[:, None]
+    if scale_kind == "BL_gaps":
+        mask &= torch.rand(B, L, generator=g) < 0.8
+    step_scale = 1.3 if scale_kind == "float" else torch.rand(B, L, dtype=dtype, generator=g) + 0.5
     resets = torch.rand(B, L, generator=g) < 0.1
     state = None if bidirectional else torch.randn(B, layer.num_states, dtype=layer.complex_dtype, generator=g)
     grad_y = torch.randn(B, L, H, dtype=dtype, generator=g)
@@ -436,11 +441,16 @@ def test_fused_cpu_core_equals_the_separate_ops_with_gradients(bidirectional, dt
         layer.zero_grad()
         leaves = [u.clone().requires_grad_()] + ([state.clone().requires_grad_()] if state is not None else [])
         layer.scan_backend = backend
-        y = layer(leaves[0], mask=mask, resets=resets, state=leaves[1] if state is not None else None, step_scale=1.3)
+        if scale_kind != "float":
+            leaves.append(step_scale.clone().requires_grad_())
+        st = leaves[1] if state is not None else None
+        scale = leaves[-1] if scale_kind != "float" else step_scale
+        y = layer(leaves[0], mask=mask, resets=resets, state=st, step_scale=scale)
         y.backward(grad_y)
         results[backend] = [y] + [t.grad for t in leaves] + [p.grad.clone() for p in layer.parameters()]
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
-    names = ["y", "u", *(["state"] if state is not None else []), *(n for n, _ in layer.named_parameters())]
+    names = ["y", "u", *(["state"] if state is not None else []), *(["step_scale"] if scale_kind != "float" else []),
+             *(n for n, _ in layer.named_parameters())]  # fmt: skip
     for name, want, got in zip(names, results["reference"], results["auto"], strict=True):
         torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}: {m}")
 

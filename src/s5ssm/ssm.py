@@ -306,10 +306,10 @@ class S5SSM(nn.Module):
         rev = None
         if self.bidirectional and resets is not None:
             rev = torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
-        if not return_state and self._fused(u, step_scale):
-            lambda_bar, gamma = self.discretized(step_scale)
-            y = cpu_layer.s5_core(u, self._input_weight(gamma), lambda_bar, self._output_weights(), self.D,
-                                  state, resets, rev, padding)  # fmt: skip
+        fused = None if return_state else self._fused_scan(u, step_scale)
+        if fused is not None:
+            scan, w_in = fused
+            y = cpu_layer.s5_core(scan, u, w_in, self._output_weights(), self.D, state, resets, rev, padding)
         else:
             scan = self._scanner(u, step_scale, padding)
             xs = scan(state, resets, False)
@@ -326,15 +326,20 @@ class S5SSM(nn.Module):
         carried = state if state is not None else torch.zeros_like(final)
         return y, torch.where((last >= 0)[:, None], final, carried)
 
-    def _fused(self, u: torch.Tensor, step_scale) -> bool:
-        """Whether forward takes scan.cpu_layer (projections and scans in one autograd
-        Function): compiled backend, a time-invariant Λ̄, and not under torch.compile
-        (which sees the separate registered ops instead)."""
-        return (
-            not isinstance(step_scale, torch.Tensor)
-            and resolve_backend(self.scan_backend, u.device) == "cpu"
-            and not _is_compiling()
-        )
+    def _fused_scan(self, u: torch.Tensor, step_scale):
+        """(scan, input weight) for scan.cpu_layer (projections and scans in one autograd
+        Function), or None where forward runs the separate ops: another backend, a
+        per-sequence step_scale (B,), or torch.compile (which sees the registered ops)."""
+        if resolve_backend(self.scan_backend, u.device) != "cpu" or _is_compiling():
+            return None
+        if not isinstance(step_scale, torch.Tensor):
+            lambda_bar, gamma = self.discretized(step_scale)
+            return cpu_layer.Invariant(lambda_bar), self._input_weight(gamma)
+        if step_scale.dim() == 2:
+            delta = torch.exp(self.log_step) * self.step_rescale
+            scan = cpu_layer.Irregular(self.continuous_eigenvalues(), delta, step_scale, self.discretization == "zoh")
+            return scan, self._input_weight()
+        return None
 
     def _scanner(self, u: torch.Tensor, step_scale, padding: torch.Tensor | None):
         """scan(initial_state, resets, reverse) -> complex (B, L, P) states of this input.

@@ -1,22 +1,23 @@
 """S5SSM's core on the CPU as one autograd Function, its buffers reused in place.
 
-    y = Σ_directions Re(C~_d x_d) (·2 with conj_sym) + D ⊙ u,   x_d = scan_d(Λ̄, B̄u)
+    y = Σ_directions Re(C~_d x_d) (·2 with conj_sym) + D ⊙ u,   x_d = scan_d(B̄u)
 
-Reference: the same computation as separate ops, S5SSM._project_in -> linear_scan ->
-S5SSM._project_out (what every other case runs, and what the tests compare this with).
-Autograd cannot reuse a buffer across those ops; one Function can:
+Reference: the same computation as separate ops, S5SSM._project_in -> linear_scan (or
+irregular_scan) -> S5SSM._project_out (what every other case runs, and what the tests
+compare this with). Autograd cannot reuse a buffer across those ops; one Function can:
 
-    forward   B̄u is written by one GEMM and the (last) scan overwrites it with its states;
+    forward   B̄u is written by one GEMM; a time-invariant scan overwrites it with its
+              states (the irregular scan keeps it: its backward needs B~u);
     backward  dx_d = grad_y C_d lands in a buffer of our own, and the reverse scan turns it
               into d(B̄u) in place; the GEMMs then give dB̄, du and dC from it.
 
-So a unidirectional layer's forward holds 2 tensors of the states' size (states, y)
-instead of 3, and forward+backward peaks at 4 instead of 5 (`s5ssm bench`, memory).
-It covers a time-invariant Λ̄ (P,), i.e. a scalar step_scale, without the final state;
-S5SSM routes everything else (and torch.compile) through the separate ops.
+A unidirectional layer's forward+backward peaks at 4 tensors of the states' size with a
+scalar step_scale (5 with the separate ops) and 5 with a per-step one (6); `s5ssm bench`,
+memory. Not covered (S5SSM takes the separate ops): a per-sequence step_scale (B,), the
+final state (return_state), and torch.compile, which sees the separate registered ops.
 
-Shapes: u real (B, L, H); w_in real (2P, H) = B̄ with rows interleaved (re, im);
-lambda_bar complex (P,); w_outs real (H, 2P) per direction; d real (H,);
+Shapes: u real (B, L, H); w_in real (2P, H), rows interleaved (re, im): B̄ for
+`Invariant`, B~ for `Irregular`; w_outs real (H, 2P) per direction; d real (H,);
 initial_state complex (B, P) or None; resets, reverse_resets, padding bool (B, L) or None.
 """
 
@@ -25,7 +26,46 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cpu import _backward_impl, _forward_impl
+from . import cpu, irregular
+
+
+class Invariant:
+    """Λ̄ complex (P,), shared by every step (scan/cpu.py)."""
+
+    keeps_input = False
+
+    def __init__(self, lambda_bar: torch.Tensor) -> None:
+        self.params = (lambda_bar,)
+
+    @staticmethod
+    def forward(params, bu, initial_state, resets, reverse, in_place):
+        return cpu._forward_impl(params[0], bu, initial_state, resets, reverse, in_place)
+
+    @staticmethod
+    def backward(params, bu, states, initial_state, resets, reverse, grad):
+        d_lam, d_bu, d_init = cpu._backward_impl(params[0], states, initial_state, resets, reverse, grad, True)
+        return (d_lam,), d_bu, d_init
+
+
+class Irregular:
+    """Λ complex (P,), Δ real (P,) and step_scale real (B, L), discretised in the kernels
+    (scan/irregular.py)."""
+
+    keeps_input = True
+
+    def __init__(self, Lambda: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor, zoh: bool) -> None:
+        real = Lambda.real.dtype
+        self.params = (Lambda, delta.to(real), scale.to(real))
+        self.zoh = zoh
+
+    def forward(self, params, bu, initial_state, resets, reverse, in_place):
+        return irregular._forward_impl(*params, bu, initial_state, resets, reverse, self.zoh)
+
+    def backward(self, params, bu, states, initial_state, resets, reverse, grad):
+        *d_params, d_bu, d_init = irregular._backward_impl(
+            *params, bu, states, initial_state, resets, reverse, self.zoh, grad, in_place=True
+        )
+        return tuple(d_params), d_bu, d_init
 
 
 def _complex(real: torch.Tensor) -> torch.Tensor:
@@ -38,65 +78,63 @@ def _real(states: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(states).flatten(-2)
 
 
-def _forward(u, w_in, lambda_bar, d, initial_state, resets, reverse_resets, padding, w_outs):
-    """y real (B, L, H) and the states per direction (complex (B, L, P))."""
+def _forward(scan, params, u, w_in, d, initial_state, resets, reverse_resets, padding, w_outs):
+    """(y real (B, L, H), B̄u if the scan keeps it else None, states per direction)."""
     bu = F.linear(u, w_in)
     if padding is not None:
         bu.mul_(padding[..., None])
     bu = _complex(bu)
-    states = []
-    if len(w_outs) == 2:  # the forward direction needs B̄u intact for the backward one
-        states.append(_forward_impl(lambda_bar, bu, initial_state, resets, False))
-        states.append(_forward_impl(lambda_bar, bu, None, reverse_resets, True, in_place=True))
-    else:
-        states.append(_forward_impl(lambda_bar, bu, initial_state, resets, False, in_place=True))
+    two = len(w_outs) == 2
+    states = [scan.forward(params, bu, initial_state, resets, False, in_place=not (two or scan.keeps_input))]
+    if two:
+        states.append(scan.forward(params, bu, None, reverse_resets, True, in_place=not scan.keeps_input))
     y = F.linear(_real(states[0]), w_outs[0]).addcmul_(u, d)
-    if len(states) == 2:
+    if two:
         y.flatten(0, 1).addmm_(_real(states[1]).flatten(0, 1), w_outs[1].t())
-    return y, states
+    return y, (bu if scan.keeps_input else None), states
 
 
 class _Core(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, w_in, lambda_bar, d, initial_state, resets, reverse_resets, padding, *w_outs):
-        y, states = _forward(u, w_in, lambda_bar, d, initial_state, resets, reverse_resets, padding, w_outs)
-        ctx.save_for_backward(u, w_in, lambda_bar, d, initial_state, resets, reverse_resets, padding, *w_outs, *states)
+    def forward(ctx, scan, n_params, u, w_in, d, initial_state, resets, reverse_resets, padding, *rest):
+        params, w_outs = rest[:n_params], rest[n_params:]
+        y, bu, states = _forward(scan, params, u, w_in, d, initial_state, resets, reverse_resets, padding, w_outs)
+        ctx.scan, ctx.n_params, ctx.directions = scan, n_params, len(w_outs)
+        ctx.save_for_backward(u, w_in, d, initial_state, resets, reverse_resets, padding, bu, *rest, *states)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        u, w_in, lambda_bar, d, initial_state, resets, reverse_resets, padding, *rest = ctx.saved_tensors
-        directions = len(rest) // 2
-        w_outs, states = rest[:directions], rest[directions:]
+        u, w_in, d, initial_state, resets, reverse_resets, padding, bu, *rest = ctx.saved_tensors
+        n, directions = ctx.n_params, ctx.directions
+        params, w_outs, states = rest[:n], rest[n : n + directions], rest[n + directions :]
         grad_y = grad_y.contiguous()
         rows = grad_y.flatten(0, 1)  # (B·L, H)
         d_d = (grad_y * u).flatten(0, 1).sum(0)  # first: its temporary is gone before dx exists
-        d_lam, d_init, d_bu, d_w_outs = torch.zeros_like(lambda_bar), None, None, []
+        d_params, d_init, d_bu, d_w_outs = None, None, None, []
         for direction, (w, x) in enumerate(zip(w_outs, states)):
             d_w_outs.append(rows.t() @ _real(x).flatten(0, 1))
             g = _complex(F.linear(grad_y, w.t()))  # dx, a buffer of our own
-            lam_grad, g, init_grad = _backward_impl(
-                lambda_bar, x, initial_state if direction == 0 else None,
-                resets if direction == 0 else reverse_resets, direction == 1, g, in_place=True,
+            grads, g, init_grad = ctx.scan.backward(
+                params, bu, x, initial_state if direction == 0 else None,
+                resets if direction == 0 else reverse_resets, direction == 1, g,
             )  # fmt: skip
-            d_lam += lam_grad
-            if direction == 0:
+            d_params = grads if d_params is None else tuple(a + b for a, b in zip(d_params, grads))
+            if direction == 0 and initial_state is not None:
                 d_init = init_grad
             d_bu = g if d_bu is None else d_bu.add_(g)
         d_bu = _real(d_bu)
         if padding is not None:
             d_bu.mul_(padding[..., None])
         d_w_in = d_bu.flatten(0, 1).t() @ u.flatten(0, 1)
-        d_u = F.linear(d_bu, w_in.t()).addcmul_(grad_y, d) if ctx.needs_input_grad[0] else None
-        if initial_state is None:
-            d_init = None
-        return d_u, d_w_in, d_lam, d_d, d_init, None, None, None, *d_w_outs
+        d_u = F.linear(d_bu, w_in.t()).addcmul_(grad_y, d) if ctx.needs_input_grad[2] else None
+        return None, None, d_u, d_w_in, d_d, d_init, None, None, None, *d_params, *d_w_outs
 
 
 def s5_core(
+    scan: Invariant | Irregular,
     u: torch.Tensor,
     w_in: torch.Tensor,
-    lambda_bar: torch.Tensor,
     w_outs: list[torch.Tensor],
     d: torch.Tensor,
     initial_state: torch.Tensor | None = None,
@@ -105,7 +143,7 @@ def s5_core(
     padding: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y real (B, L, H) (module docstring); one direction per entry of w_outs (1 or 2)."""
-    args = (u, w_in, lambda_bar, d, initial_state, resets, reverse_resets, padding)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*args, *w_outs)):
-        return _Core.apply(*args, *w_outs)
-    return _forward(*args, w_outs)[0]
+    args = (u, w_in, d, initial_state, resets, reverse_resets, padding)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*args, *scan.params, *w_outs)):
+        return _Core.apply(scan, len(scan.params), *args, *scan.params, *w_outs)
+    return _forward(scan, scan.params, *args, w_outs)[0]

@@ -415,11 +415,16 @@ def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool,
     return out
 
 
-def _backward_impl(Lambda, delta, scale, v, states, initial_state, resets, reverse: bool, zoh: bool, grad):
+def _backward_impl(
+    Lambda, delta, scale, v, states, initial_state, resets, reverse: bool, zoh: bool, grad, in_place: bool = False
+):
+    """(dΛ, dΔ, d scale, d v, d initial_state); in_place: d v is written over `grad`
+    (contiguous, owned by the caller: the kernel reads each element of grad before it
+    writes the same element of d v)."""
     lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     batch, length, size = v.shape
     splits = _splits(batch, size)
-    d_v = torch.empty_like(v)
+    d_v = grad if in_place else torch.empty_like(v)
     acc = torch.zeros(batch, 3, size, dtype=torch.complex128)
     d_scale = np.zeros((splits, batch, length), dtype=np.float64)
     d_init = torch.empty_like(init)
