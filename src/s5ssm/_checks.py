@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 
 
@@ -54,7 +56,7 @@ def expect_finite(name: str, tensor: torch.Tensor) -> None:
     """Raise ValueError on any NaN or ±Inf, in one pass (aminmax propagates NaN)."""
     if checks_enabled() and tensor.numel():
         low, high = torch.aminmax(tensor.detach())
-        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        if not (math.isfinite(low.item()) and math.isfinite(high.item())):  # 2 scalars: no more tensor ops
             raise ValueError(f"{name} contains NaN or Inf values")
 
 
