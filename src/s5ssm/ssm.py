@@ -405,7 +405,7 @@ class S5SSM(nn.Module):
         """`step` without the argument checks, for callers that have made them."""
         lambda_bar, gamma, w_in, w_out = self._step_operator(step_scale)
         bu = torch.view_as_complex(F.linear(u_k, w_in).unflatten(-1, (self.num_states, 2)))
-        new_state = lambda_bar * state + (bu if gamma is None else gamma * bu)
+        new_state = torch.addcmul(bu if gamma is None else gamma * bu, lambda_bar, state)
         y = torch.addcmul(F.linear(torch.view_as_real(new_state).flatten(-2), w_out), u_k, self.D)
         return y, new_state
 
