@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full benchmark of issue 3 (about 10 minutes on 2 cores), with the JAX anchor.
+# The full benchmark of issue 3 (about 5 minutes on 2 cores), with the JAX anchor.
 # Writes benchmarks/results.json and prints the table the README quotes.
 #   benchmarks/run.sh [s5ssm bench options]
 set -euo pipefail

@@ -59,6 +59,11 @@ def test_train_eval_predict_and_run_directory(tmp_path):
     assert rows[0][:3] == ["index", "prediction", "p0"] and len(rows) == len(data) + 1
     probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    # new inputs come without labels: the same predictions
+    with np.load(tmp_path / "new.npz") as archive:
+        np.savez(tmp_path / "unlabelled.npz", **{k: archive[k] for k in archive.files if k not in ("y", "class_names")})
+    run_cli(["predict", str(run), "--data", str(tmp_path / "unlabelled.npz"), "--out", str(tmp_path / "p2.csv")])
+    assert list(csv.reader((tmp_path / "p2.csv").open())) == rows
 
 
 def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):

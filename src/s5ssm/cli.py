@@ -188,7 +188,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .data import collate, load_file
 
     cfg, model, data = trainer.load_run(args.run_dir)
-    dataset, _ = load_file(args.data)
+    dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
     out_path = Path(args.out or "predictions.csv")
     rows = []
     with torch.no_grad():
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(run=cmd_eval)
     pr = sub.add_parser("predict", help="write a run's predictions for a data file as CSV")
     pr.add_argument("run_dir")
-    pr.add_argument("--data", required=True, help="a .ts or .npz file")
+    pr.add_argument("--data", required=True, help="a .ts or .npz file (an .npz may omit y)")
     pr.add_argument("--out", help="output CSV (default: predictions.csv)")
     pr.set_defaults(run=cmd_predict)
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(run=cmd_tasks)

@@ -116,10 +116,12 @@ def dataset_info(dataset: SequenceDataset, class_names: list[str] | None = None,
 
 
 # --------------------------------------------------------------------------- dispatch
-def load_file(path: str | os.PathLike, **options) -> tuple[SequenceDataset, dict]:
+def load_file(path: str | os.PathLike, *, require_targets: bool = True, **options) -> tuple[SequenceDataset, dict]:
     """Read a ``.ts`` or ``.npz`` file into (SequenceDataset, info).
 
     Options: ``missing="interpolate"|"error"`` for ``.ts`` files (see the module docstring).
+    require_targets=False lets an ``.npz`` file omit ``y`` (inputs to predict on); its
+    targets are then zeros, class 0 of one class. ``.ts`` files always carry labels.
     Raises FileNotFoundError for a missing file, DataFormatError for a bad one.
     """
     path = Path(path)
@@ -132,7 +134,7 @@ def load_file(path: str | os.PathLike, **options) -> tuple[SequenceDataset, dict
         return read_ts(path, **options)
     if options:
         raise TypeError(f"{path}: .npz files take no options, got {sorted(options)}")
-    return read_npz(path)
+    return read_npz(path, require_targets=require_targets)
 
 
 # --------------------------------------------------------------------------- .ts
@@ -451,8 +453,9 @@ def _check_increasing(path: Path, t_list: list[np.ndarray]) -> None:
             raise _npz_fail(path, "t", f"sequence {i}: time stamps not strictly increasing at step {k}")
 
 
-def read_npz(path: str | os.PathLike) -> tuple[SequenceDataset, dict]:
-    """Read an ``.npz`` archive (never unpickling) in one of the layouts of the module docstring."""
+def read_npz(path: str | os.PathLike, *, require_targets: bool = True) -> tuple[SequenceDataset, dict]:
+    """Read an ``.npz`` archive (never unpickling) in one of the layouts of the module docstring
+    (without ``y`` when require_targets is False: zeros stand in for the targets)."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -479,6 +482,9 @@ def read_npz(path: str | os.PathLike) -> tuple[SequenceDataset, dict]:
                 raise _npz_fail(path, key, f"cannot be read ({exc})") from None
             except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise _npz_fail(path, key, f"cannot be read, truncated or corrupt archive ({exc})") from None
+    if not require_targets and "y" not in arrays and "x" in arrays:
+        count = arrays["lengths"].shape[0] if arrays.get("lengths") is not None else arrays["x"].shape[0]
+        arrays["y"] = np.zeros(count, dtype=np.int64)
     for key in ("x", "y"):
         if key not in arrays:
             raise _npz_fail(path, key, f"missing required key {key!r} (found: {', '.join(sorted(arrays)) or 'none'})")
