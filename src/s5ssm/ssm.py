@@ -29,7 +29,7 @@ from ._checks import (
     expect_tensor,
     checks_enabled,
 )
-from .discretize import METHODS, discretize
+from .discretize import METHODS, discretize, step_sizes
 from .scan import cpu_layer, linear_scan, resolve_backend
 from .scan.irregular import irregular_scan
 
@@ -336,8 +336,8 @@ class S5SSM(nn.Module):
             lambda_bar, gamma = self.discretized(step_scale)
             return cpu_layer.Invariant(lambda_bar), self._input_weight(gamma)
         if step_scale.dim() == 2:
-            delta = torch.exp(self.log_step) * self.step_rescale
-            scan = cpu_layer.Irregular(self.continuous_eigenvalues(), delta, step_scale, self.discretization == "zoh")
+            delta, zoh = step_sizes(self.log_step, self.step_rescale), self.discretization == "zoh"
+            scan = cpu_layer.Irregular(self.continuous_eigenvalues(), delta, step_scale, zoh)
             return scan, self._input_weight()
         return None
 
@@ -357,7 +357,7 @@ class S5SSM(nn.Module):
             v = torch.view_as_complex(F.linear(u, self._input_weight()).unflatten(-1, (self.num_states, 2)))
             if padding is not None:
                 v = v * padding[..., None]
-            Lambda, delta = self.continuous_eigenvalues(), torch.exp(self.log_step) * self.step_rescale
+            Lambda, delta = self.continuous_eigenvalues(), step_sizes(self.log_step, self.step_rescale)
             return lambda state, resets, reverse: irregular_scan(
                 Lambda, delta, step_scale, v, self.discretization, initial_state=state, resets=resets, reverse=reverse
             )

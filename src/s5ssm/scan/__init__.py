@@ -18,16 +18,10 @@ import os
 import torch
 
 from .._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
-from . import parallel, reference
+from . import cpu, parallel, reference
 
 BACKENDS = ("auto", "cpu", "parallel", "reference")
 COMPLEX = (torch.complex64, torch.complex128)
-
-
-def _cpu_scan():
-    from . import cpu  # imported on first use: numba compiles (or loads its cache) here
-
-    return cpu.scan
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -99,7 +93,7 @@ def linear_scan(
     """
     _check(lambda_bar, bu, initial_state, resets)
     name = resolve_backend(backend, bu.device)
-    run = {"cpu": _cpu_scan, "parallel": lambda: parallel.scan, "reference": lambda: reference.scan}[name]()
+    run = {"cpu": cpu.scan, "parallel": parallel.scan, "reference": reference.scan}[name]
     states = run(lambda_bar, bu, initial_state, reverse, resets)
     if return_final_state:
         return states, states[:, 0 if reverse else -1]
