@@ -18,29 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_shape, expect_tensor
+from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
 from .block import S5Block
 from .io import atomic_write_text, load_safetensors, save_safetensors
+from .streaming import CompiledStep, StreamCache, compiled_step_for
 
 POOLINGS = ("last", "mean", "none")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-class StreamCache(dict):
-    """The streaming state of `S5Model.step`, read-only:
-    {"states": tuple of complex (B, P) per layer, "sum": (B, H) pooling sum, "count": int}.
-
-    `step` returns a new one each frame and never modifies the one it is given. Being
-    read-only (build a changed copy with ``dict(cache, ...)``) lets `step` skip re-checking
-    the states it computed itself for NaN/Inf, a third of a frame's cost at batch 1; plain
-    dicts are checked in full.
-    """
-
-    def _read_only(self, *args, **kwargs):
-        raise TypeError("the streaming cache is read-only; build a changed copy with dict(cache, key=value)")
-
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
 
 
 def recommended_defaults() -> dict:
@@ -167,8 +152,9 @@ class S5Model(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ inputs
-    def _check_inputs(self, x, mask, name="x", stepping=False):
-        """Check x (B, L[, D]) for `forward`, or x_t (B[, D]) for `step` (stepping=True)."""
+    def _check_inputs(self, x, mask, name="x", stepping=False, finite=True):
+        """Check x (B, L[, D]) for `forward`, or x_t (B[, D]) for `step` (stepping=True);
+        finite=False leaves the NaN/Inf check to the caller."""
         x = expect_tensor(name, x)
         lead, labels = ((None,), "B") if stepping else ((None, None), "BL")
         if self.vocab_size is not None:
@@ -179,7 +165,8 @@ class S5Model(nn.Module):
         else:
             expect_dtype(name, x, self.encoder.weight.dtype)
             expect_shape(name, x, lead + (self.embed_dim,), labels + "D")
-            expect_finite(name, x)
+            if finite:
+                expect_finite(name, x)
         if not stepping and self.window_size is not None and x.shape[1] > self.window_size:
             raise ValueError(f"x: sequence length {x.shape[1]} exceeds window_size={self.window_size}")
         if mask is not None:
@@ -232,11 +219,14 @@ class S5Model(nn.Module):
         """The streaming state before the first step: per-layer S5 states and pooling sums."""
         if self.bidirectional:
             raise ValueError("init_cache: a bidirectional model cannot run step by step")
-        device = self.layers[0].ssm.D.device
+        first = self.layers[0].ssm
+        states = [layer.ssm.init_state(batch_size) for layer in self.layers]
+        stacked = torch.stack(states) if len({s.shape for s in states}) == 1 else None
         return StreamCache(
-            states=tuple(layer.ssm.init_state(batch_size) for layer in self.layers),
-            sum=torch.zeros(batch_size, self.hidden_size, dtype=self.layers[0].ssm.D.dtype, device=device),
+            states=tuple(stacked.unbind(0)) if stacked is not None else tuple(states),
+            sum=torch.zeros(batch_size, self.hidden_size, dtype=first.D.dtype, device=first.D.device),
             count=0,
+            stacked=stacked,
         )
 
     def step(
@@ -252,9 +242,16 @@ class S5Model(nn.Module):
         Returns:
             (y_t, cache): y_t is what `forward` returns for the sequence so far
             ((B, output_size); with pooling "none", the output at this step).
+
+        For inference on the CPU (eval mode, under torch.inference_mode / torch.no_grad,
+        float32/float64, scan backend "auto" or "cpu") the frame runs as one compiled call
+        (s5ssm.streaming); otherwise, and as the reference, in torch ops.
         """
         if self.bidirectional:
             raise ValueError("step: a bidirectional model cannot run step by step")
+        compiled = self._compiled_step(x_t)
+        if compiled is not None:
+            return self._step_compiled(compiled, x_t, cache, step_scale)
         x_t = self._check_inputs(x_t, None, "x_t", stepping=True)
         step_scale = self._check_cache(cache, x_t.shape[0], step_scale)
         h = self.encoder(x_t)
@@ -267,30 +264,62 @@ class S5Model(nn.Module):
         out = self.head(pooled) if self.head is not None else pooled
         return out, StreamCache(states=tuple(states), sum=total, count=count)
 
+    def _compiled_step(self, x_t: object) -> CompiledStep | None:
+        """The compiled step if this frame can use it: CPU, no gradient wanted, supported model."""
+        if not isinstance(x_t, torch.Tensor) or x_t.device.type != "cpu":
+            return None
+        if torch.is_grad_enabled() and (x_t.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return None
+        return compiled_step_for(self)
+
+    def _step_compiled(self, compiled: CompiledStep, x_t: torch.Tensor, cache: dict, step_scale):
+        """`step` through the compiled kernel (s5ssm.streaming); same checks, same result."""
+        x_t = self._check_inputs(x_t, None, "x_t", stepping=True, finite=not compiled.encode_in_kernel)
+        batch = x_t.shape[0]
+        stacked = compiled.trusted_states(cache, batch)
+        if stacked is None:
+            step_scale = self._check_cache(cache, batch, step_scale)
+            stacked = torch.stack(cache["states"])
+        elif step_scale is not None:
+            step_scale = self.layers[0].ssm._check_step_scale(step_scale, batch, None)
+        scales = compiled.step_scales(step_scale, batch)
+        frame = x_t.contiguous() if compiled.encode_in_kernel else self.encoder(x_t).contiguous()
+        result = compiled(frame, stacked, cache["sum"].contiguous(), cache["count"], scales)
+        if result is None:
+            where = "x_t" if compiled.encode_in_kernel else "the encoder's output"
+            raise ValueError(f"{where} contains NaN or Inf values")
+        out, states, total = result
+        return out, StreamCache(states=states.unbind(0), sum=total, count=cache["count"] + 1, stacked=states)
+
     def _check_cache(self, cache: object, batch: int, step_scale):
         """Validate a streaming cache (structure, shapes, dtypes) and the step_scale; returns step_scale."""
-        if not isinstance(cache, dict) or not {"states", "sum", "count"} <= set(cache):
+        if not isinstance(cache, dict) or not {"states", "sum", "count"} <= cache.keys():
             raise TypeError("cache must be the dict returned by init_cache() or step()")
-        if not isinstance(cache["states"], (list, tuple)):
-            raise TypeError(f"cache['states'] must be a list of layer states, got {type(cache['states']).__name__}")
-        if len(cache["states"]) != len(self.layers):
-            raise ValueError(f"cache: expected {len(self.layers)} layer states, got {len(cache['states'])}")
-        for i, (layer, state) in enumerate(zip(self.layers, cache["states"])):
+        states, layers = cache["states"], self.layers
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"cache['states'] must be a list of layer states, got {type(states).__name__}")
+        if len(states) != len(layers):
+            raise ValueError(f"cache: expected {len(layers)} layer states, got {len(states)}")
+        for i, (layer, state) in enumerate(zip(layers, states)):
             layer.check_streamable()
-            expect_tensor(f"cache['states'][{i}]", state)
-            expect_dtype(f"cache['states'][{i}]", state, layer.ssm.complex_dtype)
-            expect_shape(f"cache['states'][{i}]", state, (batch, layer.ssm.num_states), "BP")
+            name = f"cache['states'][{i}]"
+            expect_tensor(name, state)
+            expect_dtype(name, state, layer.ssm.complex_dtype)
+            expect_shape(name, state, (batch, layer.ssm.num_states), "BP")
+            expect_same_device(name, state, layer.ssm.D)
             if not isinstance(cache, StreamCache):  # states that `step` computed are finite
-                expect_finite(f"cache['states'][{i}]", torch.view_as_real(state))
-        expect_tensor("cache['sum']", cache["sum"])
-        expect_dtype("cache['sum']", cache["sum"], self.layers[0].ssm.D.dtype)
-        expect_shape("cache['sum']", cache["sum"], (batch, self.hidden_size), "BH")
+                expect_finite(name, torch.view_as_real(state))
+        first = layers[0].ssm
+        total = expect_tensor("cache['sum']", cache["sum"])
+        expect_dtype("cache['sum']", total, first.D.dtype)
+        expect_same_device("cache['sum']", total, first.D)
+        expect_shape("cache['sum']", total, (batch, self.hidden_size), "BH")
         count = cache["count"]
         if isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"cache['count'] must be an int, got {type(count).__name__} {count!r}")
         if count < 0:
             raise ValueError(f"cache['count'] must be >= 0, got {count}")
-        return self.layers[0].ssm._check_step_scale(step_scale, batch, None)
+        return first._check_step_scale(step_scale, batch, None)
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path) -> None:

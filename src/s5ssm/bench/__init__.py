@@ -8,7 +8,8 @@ measured in the same process, interleaved with it (these machines are shared and
     layer      S5SSM forward and forward+backward vs its own GEMMs alone (the compute
                limit); and vs the layer written in JAX as the paper's code does it
     irregular  step_scale [B, L] vs a scalar step_scale (time; memory in `memory`)
-    step       model.step per frame at batch 1 vs recomputing a 60-frame window
+    step       model.step per frame at batch 1 vs recomputing a 60-frame window (and vs
+               the same step in torch ops)
     memory     peak memory of layer forward+backward per sequence length and backend,
                each cell in a fresh subprocess (see peak.py)
 
@@ -106,7 +107,8 @@ def print_report(results: dict) -> None:
             t = r[label]
             print(f"  {t['threads']} thread(s): {t['step_ms_per_frame']:.3f} ms per frame (p90 {t['step_p90_ms']:.3f}), "
                   f"recomputing the {r['window']}-frame window {t['window_recompute_ms_per_frame']:.2f} ms: "
-                  f"{t['speedup_vs_window']:.1f}x faster over {t['frames']} frames")  # fmt: skip
+                  f"{t['speedup_vs_window']:.1f}x faster over {t['frames']} frames; the same step in torch "
+                  f"ops {t['torch_ops_step_ms_per_frame']:.3f} ms ({t['speedup_vs_torch_ops']:.1f}x)")  # fmt: skip
     if "memory" in results:
         m = results["memory"]
         print(f"\npeak memory of layer forward+backward {m['shape']}, MiB (rss / live tensors):")

@@ -6,6 +6,8 @@ interleaved with it in the same process (see timing.timed). Memory is in peak.py
 
 from __future__ import annotations
 
+import copy
+
 import math
 import time
 
@@ -225,11 +227,16 @@ def bench_irregular(size: dict, repeats: int) -> dict:
 def bench_step(frames: int, budget_s: float, embed_dim: int = 32, window: int = 60) -> dict:
     """Per-frame latency of model.step at batch 1 vs recomputing a window with forward.
 
-    Each frame runs both, alternately, and each call is timed on its own; the medians over
+    model.step runs compiled (s5ssm.streaming); the same step in torch ops (the reference
+    path, a copy of the model with scan_backend="reference") is timed beside it. The three
+    run in turn in blocks of 20 frames, each call timed on its own; the medians over
     frames are reported. Run at the default thread count and again with one thread.
     """
     torch.manual_seed(0)
     model = S5Model(embed_dim=embed_dim, **recommended_defaults()).eval()
+    torch_ops = copy.deepcopy(model)
+    for layer in torch_ops.layers:
+        layer.ssm.scan_backend = "reference"
     stream = torch.randn(1, window, embed_dim)
     results: dict = {
         "config": f"S5Model(embed_dim={embed_dim}, **recommended_defaults()), eval, torch.inference_mode, batch 1",
@@ -238,39 +245,49 @@ def bench_step(frames: int, budget_s: float, embed_dim: int = 32, window: int = 
     default_threads = torch.get_num_threads()
     for label, threads in (("default_threads", default_threads), ("one_thread", 1)):
         with _threads(threads), torch.inference_mode():
-            results[label] = _step_vs_window(model, stream, frames, budget_s / 2)
+            results[label] = _step_vs_window(model, torch_ops, stream, frames, budget_s / 2)
         results[label]["threads"] = threads
     return results
 
 
-def _step_vs_window(model, stream, frames: int, budget_s: float) -> dict:
+def _step_vs_window(model, torch_ops, stream, frames: int, budget_s: float, block: int = 20) -> dict:
     import statistics
 
     window = stream.shape[1]
-    cache = model.init_cache(1)
+    cache, ops_cache = model.init_cache(1), torch_ops.init_cache(1)
     for t in range(5):  # warm-up: kernels, caches of the step operator
         _, cache = model.step(stream[:, t], cache)
+        _, ops_cache = torch_ops.step(stream[:, t], ops_cache)
         model(stream)
-    steps, windows = [], []
+    times: dict[str, list[float]] = {"step": [], "torch_ops": [], "window": []}
     deadline = time.perf_counter() + budget_s
-    for t in range(frames):
-        start = time.perf_counter()
-        _, cache = model.step(stream[:, t % window], cache)
-        mid = time.perf_counter()
-        model(stream)  # the last `window` frames, recomputed from scratch
-        end = time.perf_counter()
-        steps.append(mid - start)
-        windows.append(end - mid)
-        if end > deadline and t >= 10:
-            break
-    steps.sort()
-    step_ms, window_ms = statistics.median(steps) * 1e3, statistics.median(windows) * 1e3
+    t = 0
+    while t < frames and (time.perf_counter() < deadline or t < 2 * block):
+        # blocks of frames for each path in turn: each runs in its own steady state (caches,
+        # threads) as in a loop that does one thing per frame, and all see the same machine
+        for _ in range(block):
+            start = time.perf_counter()
+            _, cache = model.step(stream[:, t % window], cache)
+            times["step"].append(time.perf_counter() - start)
+        for _ in range(block):
+            start = time.perf_counter()
+            model(stream)  # the last `window` frames, recomputed from scratch
+            times["window"].append(time.perf_counter() - start)
+        for _ in range(block):
+            start = time.perf_counter()
+            _, ops_cache = torch_ops.step(stream[:, t % window], ops_cache)
+            times["torch_ops"].append(time.perf_counter() - start)
+        t += block
+    steps = sorted(times["step"])
+    step_ms, window_ms, ops_ms = (statistics.median(times[k]) * 1e3 for k in ("step", "window", "torch_ops"))
     return {
         "frames": len(steps),
         "step_ms_per_frame": step_ms,
         "step_p90_ms": steps[int(0.9 * (len(steps) - 1))] * 1e3,
         "window_recompute_ms_per_frame": window_ms,
         "speedup_vs_window": window_ms / step_ms,
+        "torch_ops_step_ms_per_frame": ops_ms,
+        "speedup_vs_torch_ops": ops_ms / step_ms,
     }
 
 

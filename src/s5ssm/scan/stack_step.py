@@ -1,0 +1,257 @@
+"""Compiled CPU kernel: one frame through a whole unidirectional S5 stack (numba).
+
+The reference is `S5Model.step` in torch ops (model.py, block.py, ssm.py `recur`); this
+kernel computes the same frame in one call, for streaming at batch 1 where a frame of
+small torch ops is bound by dispatch (about 50 ops per frame). `s5ssm.streaming` packs a
+model into its arguments; tests/test_stack_step.py checks it against the reference in
+float64 and float32 for every block option.
+
+Per sequence b and layer l (shared/DESIGN.md, with the block of lindermanlab/S5):
+
+    u   = norm(h) if prenorm else h
+    Δ   = step_scale[b] · step_rescale · exp(log_step)                  (P,)
+    Λ̄,γ = zoh or bilinear of (Λ, Δ), Λ = (min(Λ_re, -1e-4) if clip_eigs else Λ_re) + iΛ_im
+    x   = Λ̄ ⊙ x + γ ⊙ (B~ u)                                            (P,) complex
+    y   = c · Re(C~ x) + D ⊙ u                   (c = 2 with conj_sym, else 1)
+    h   = h + mix(y)              mix: gelu | full_glu | half_glu1 | half_glu2 (eval: no dropout)
+    h   = norm(h) if not prenorm
+
+before the layers an optional Linear encoder, after them pooling ("mean": running sum /
+count) and an optional Linear head.
+
+Arguments (F = float32 or float64, Z = the complex type of the same precision):
+
+    x          F (B, E)           the frame (already encoded when has_encoder is 0)
+    weights    typed List of F 1-D arrays, live views of the model's parameters:
+               [enc_w (H·E), enc_b (H), head_w (O·H), head_b (O)] then per layer the
+               LAYER_SLOTS below (a zero-size array where a slot does not apply)
+    dims       int64 (8,)         E, H, P, num_layers, O, has_encoder, mean_pooling, has_head
+    options    int64 (num_layers, 5)      per layer: norm (index in NORMS), prenorm,
+                                          activation (index in ACTIVATIONS), bilinear, clip_eigs
+    consts     float64 (num_layers, 3)    per layer: norm epsilon, step_rescale, c
+    step_scale float64 (B,)       Δ multiplier per sequence (ones for a plain step)
+    memo_keys, memo_values  float64 (num_layers, 3P + 1), complex128 (num_layers, 2P):
+               the (Λ_re, Λ_im, log_step, step) a layer was last discretised for and the
+               (Λ̄, γ) it gave; reused while all four are unchanged (compared value by value,
+               so any write to the parameters is seen). Start with NaN keys.
+    states     Z (num_layers, B, P)         states before the frame
+    new_states Z (num_layers, B, P)         written: states after the frame
+    total      F (B, H), new_total F (B, H) running sum of the last layer's outputs before /
+               after the frame (kept for every pooling, as `S5Model.step` does)
+    count      int                frames in `total`
+    out        F (B, O)           written: the model's output for the frame
+
+Returns False if x holds a NaN or Inf (outputs are then undefined), else True.
+"""
+
+from __future__ import annotations
+
+import cmath
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+# per-layer weight slots, in order
+LAYER_SLOTS = (
+    "norm_weight", "norm_bias", "running_mean", "running_var",
+    "Lambda_re", "Lambda_im", "log_step", "B", "C", "D",
+    "out1_weight", "out1_bias", "out2_weight", "out2_bias",
+)  # fmt: skip
+N_LAYER_SLOTS = len(LAYER_SLOTS)
+HEAD_SLOTS = 4  # enc_w, enc_b, head_w, head_b
+NORMS = ("layer", "rms", "batch")
+ACTIVATIONS = ("gelu", "full_glu", "half_glu1", "half_glu2")
+# reassociation lets LLVM vectorise the dot products; no assumptions about NaN or Inf
+_FAST = {"reassoc", "contract"}
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _linear(w, bias, x, out, n_out, n_in):  # pragma: no cover - compiled
+    """out = W x + bias for W (n_out, n_in) stored row-major in the 1-D array w."""
+    for o in range(n_out):
+        row = w[o * n_in : (o + 1) * n_in]  # slices keep indices provably >= 0: vectorised loops
+        acc = bias[o]
+        for i in range(n_in):
+            acc += row[i] * x[i]
+        out[o] = acc
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _norm(kind, weight, bias, mean, var, eps, x, out, size):  # pragma: no cover - compiled
+    """LayerNorm (0), RMSNorm (1) or BatchNorm with running statistics (2), over x[:size]."""
+    if kind == 2:
+        for i in range(size):
+            out[i] = (x[i] - mean[i]) / math.sqrt(var[i] + eps) * weight[i] + bias[i]
+        return
+    mu = 0.0
+    if kind == 0:
+        for i in range(size):
+            mu += x[i]
+        mu /= size
+    sq = 0.0
+    for i in range(size):
+        sq += (x[i] - mu) * (x[i] - mu)
+    inv = 1.0 / math.sqrt(sq / size + eps)
+    for i in range(size):
+        out[i] = (x[i] - mu) * inv * weight[i] + (bias[i] if kind == 0 else 0.0)
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _gelu(x):  # pragma: no cover - compiled
+    """GELU in its tanh form (torch approximate="tanh", flax's default), written with one exp:
+    0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z))."""
+    return x / (1.0 + math.exp(-2.0 * _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _discretize(lam, delta, bilinear):  # pragma: no cover - compiled
+    """(Λ̄, γ) of one state, as discretize.zoh / discretize.bilinear."""
+    if bilinear:
+        inv = 1.0 / (1.0 - 0.5 * delta * lam)
+        return inv * (1.0 + 0.5 * delta * lam), inv * delta
+    z = lam * delta
+    # exp(z) - 1 without cancellation (discretize._expm1_complex)
+    half_sin = math.sin(0.5 * z.imag)
+    expm1 = complex(math.expm1(z.real) * math.cos(z.imag) - 2.0 * half_sin * half_sin,
+                    math.exp(z.real) * math.sin(z.imag))  # fmt: skip
+    return cmath.exp(z), expm1 / lam
+
+
+@numba.njit(cache=True)
+def _memo_matches(keys, lam_re, lam_im, log_step, step, P):  # pragma: no cover - compiled
+    if keys[3 * P] != step:
+        return False
+    for p in range(P):
+        if keys[p] != lam_re[p] or keys[P + p] != lam_im[p] or keys[2 * P + p] != log_step[p]:
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def _memo_store(keys, lam_re, lam_im, log_step, step, P):  # pragma: no cover - compiled
+    for p in range(P):
+        keys[p], keys[P + p], keys[2 * P + p] = lam_re[p], lam_im[p], log_step[p]
+    keys[3 * P] = step
+
+
+@numba.njit(cache=True, fastmath=_FAST)
+def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
+    """One frame of sequence b (see the module docstring)."""
+    E, H, P, layers, O = dims[0], dims[1], dims[2], dims[3], dims[4]
+    has_encoder, mean_pooling, has_head = dims[5], dims[6], dims[7]
+    dtype = x.dtype
+    h = np.empty(H, dtype)
+    u = np.empty(H, dtype)
+    y = np.empty(H, dtype)
+    act = np.empty(H, dtype)
+    gate = np.empty(H, dtype)
+    flat_state = np.empty(2 * P, dtype)  # (re, -im) interleaved: Re(C~ x) is one dot per row
+    if has_encoder:
+        _linear(weights[0], weights[1], x[b], h, H, E)
+    else:
+        for i in range(H):
+            h[i] = x[b, i]
+    for layer in range(layers):
+        norm_kind, prenorm, activation = options[layer, 0], options[layer, 1], options[layer, 2]
+        bilinear, clip_eigs = options[layer, 3], options[layer, 4]
+        eps, step_rescale, c_scale = consts[layer, 0], consts[layer, 1], consts[layer, 2]
+        base = HEAD_SLOTS + layer * N_LAYER_SLOTS
+        norm_w, norm_b, mean, var = weights[base], weights[base + 1], weights[base + 2], weights[base + 3]
+        lam_re, lam_im, log_step = weights[base + 4], weights[base + 5], weights[base + 6]
+        B, C, D = weights[base + 7], weights[base + 8], weights[base + 9]
+        if prenorm:
+            _norm(norm_kind, norm_w, norm_b, mean, var, eps, h, u, H)
+        else:
+            for i in range(H):
+                u[i] = h[i]
+        step = step_scale[b] * step_rescale
+        fresh = not (use_memo and _memo_matches(memo_keys[layer], lam_re, lam_im, log_step, step, P))
+        # x = Λ̄ x + γ (B~ u), B stored (P, H, 2)
+        for p in range(P):
+            bu_re = 0.0
+            bu_im = 0.0
+            row = B[2 * p * H : 2 * (p + 1) * H]
+            for i in range(H):
+                bu_re += row[2 * i] * u[i]
+                bu_im += row[2 * i + 1] * u[i]
+            if fresh:
+                re = min(lam_re[p], -1e-4) if clip_eigs else lam_re[p]
+                lam_bar, gamma = _discretize(complex(re, lam_im[p]), step * math.exp(log_step[p]), bilinear)
+                if use_memo:
+                    memo_values[layer, p] = lam_bar
+                    memo_values[layer, P + p] = gamma
+            else:
+                lam_bar, gamma = memo_values[layer, p], memo_values[layer, P + p]
+            x_new = lam_bar * states[layer, b, p] + gamma * complex(bu_re, bu_im)
+            new_states[layer, b, p] = x_new
+            flat_state[2 * p] = x_new.real
+            flat_state[2 * p + 1] = -x_new.imag
+        if fresh and use_memo:
+            _memo_store(memo_keys[layer], lam_re, lam_im, log_step, step, P)
+        # y = c Re(C~ x) + D u, C stored (H, P, 2)
+        for i in range(H):
+            acc = 0.0
+            row = C[2 * i * P : 2 * (i + 1) * P]
+            for k in range(2 * P):
+                acc += row[k] * flat_state[k]
+            y[i] = c_scale * acc + D[i] * u[i]
+        for i in range(H):
+            act[i] = _gelu(y[i])
+        if activation == 0:  # gelu
+            for i in range(H):
+                h[i] += act[i]
+        else:
+            _linear(weights[base + 12], weights[base + 13], act, gate, H, H)
+            if activation == 1:  # full_glu: out1(act) * sigmoid(out2(act))
+                _linear(weights[base + 10], weights[base + 11], act, u, H, H)
+                for i in range(H):
+                    h[i] += u[i] / (1.0 + math.exp(-gate[i]))
+            else:  # half_glu1 gates act, half_glu2 gates y
+                for i in range(H):
+                    h[i] += (act[i] if activation == 2 else y[i]) / (1.0 + math.exp(-gate[i]))
+        if not prenorm:
+            _norm(norm_kind, norm_w, norm_b, mean, var, eps, h, u, H)
+            for i in range(H):
+                h[i] = u[i]
+    for i in range(H):
+        new_total[b, i] = total[b, i] + h[i]
+        if mean_pooling:
+            h[i] = new_total[b, i] / (count + 1)
+    if has_head:
+        _linear(weights[2], weights[3], h, out[b], O, H)
+    else:
+        for i in range(H):
+            out[b, i] = h[i]
+
+
+@numba.njit(cache=True)
+def _all_finite(x):  # pragma: no cover - compiled
+    for value in x.ravel():
+        if not math.isfinite(value):
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def stack_step_serial(x, weights, dims, options, consts, step_scale, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
+    """The frame for every sequence, one after another (batch 1: no thread start-up), reusing
+    each layer's discretisation while its inputs are unchanged (`memo`)."""
+    if not _all_finite(x):
+        return False
+    for b in range(x.shape[0]):
+        _frame(b, x, weights, dims, options, consts, step_scale, True, memo_keys, memo_values, states, new_states, total, new_total, count, out)
+    return True
+
+
+@numba.njit(cache=True, parallel=True)
+def stack_step_parallel(x, weights, dims, options, consts, step_scale, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
+    """The frame with the sequences spread over numba's threads (`memo` is not used: the
+    threads would race on it)."""
+    if not _all_finite(x):
+        return False
+    for b in prange(x.shape[0]):
+        _frame(b, x, weights, dims, options, consts, step_scale, False, memo_keys, memo_values, states, new_states, total, new_total, count, out)
+    return True

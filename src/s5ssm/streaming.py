@@ -1,0 +1,249 @@
+"""The compiled streaming step: `S5Model.step` as one numba call on the CPU.
+
+A frame of `S5Model.step` in torch ops is about 50 small ops, each paying PyTorch's
+dispatch cost, so at batch 1 it is bound by dispatch rather than arithmetic. For
+inference on the CPU `S5Model.step` hands the frame to the kernel in
+`scan/stack_step.py` instead, through a `CompiledStep` built once per model:
+
+- the kernel reads the model's parameters and buffers in place (numpy views, no copies),
+  so in-place updates (optimizer steps, `load_state_dict`, `torch.no_grad` edits) are
+  seen on the next frame;
+- a replaced tensor or module (assignment, `.to()`, `.data = ...`), a changed option, or a
+  submodule switched to training mode makes `CompiledStep.current` false, and the model
+  builds a new one (or falls back to torch ops).
+
+Used when: the model and the frame are on the CPU in float32/float64, every module is in
+eval mode, no gradient is wanted (`torch.no_grad`/`torch.inference_mode`, or nothing
+requires grad), every layer's scan backend resolves to "cpu" (the default "auto" on the
+CPU; "parallel" or "reference" keep the torch ops), and the blocks use the norms of
+block.py. Token (Embedding) and other encoders run in torch ops before the kernel.
+The torch-ops path stays the reference; tests/test_stack_step.py holds the two together.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import weakref
+
+import numpy as np
+import torch
+from numba import typed
+from torch import nn
+
+from .block import LayerNorm, RMSNorm, SequenceBatchNorm
+from .scan import resolve_backend, stack_step
+
+# below this batch size the frame runs on one thread (starting numba's threads costs more)
+PARALLEL_MIN_BATCH = 8
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+_NUMPY_OF = {torch.float32: np.float32, torch.float64: np.float64}
+_data_ptr = torch.Tensor.data_ptr
+_training = operator.attrgetter("training")
+_BUILT: "weakref.WeakKeyDictionary[nn.Module, CompiledStep]" = weakref.WeakKeyDictionary()
+
+
+class StreamCache(dict):
+    """The streaming state of `S5Model.step`, read-only:
+    {"states": tuple of complex (B, P) per layer, "sum": (B, H) pooling sum, "count": int}.
+
+    `step` returns a new one each frame and never modifies the one it is given. Being
+    read-only (build a changed copy with ``dict(cache, ...)``) lets `step` skip re-checking
+    the states it computed itself for NaN/Inf, a third of a frame's cost at batch 1; plain
+    dicts are checked in full. When the states were made together (`init_cache`, the
+    compiled step) they are the rows of one (num_layers, B, P) tensor, kept so that the
+    next compiled step reads them without stacking.
+    """
+
+    def __init__(self, *, states, sum, count, stacked=None) -> None:
+        super().__init__(states=states, sum=sum, count=count)
+        self._stacked = stacked
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("the streaming cache is read-only; build a changed copy with dict(cache, key=value)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _read_only
+
+
+def _norm_kind(norm: nn.Module) -> int | None:
+    """Index of the norm in stack_step.NORMS, or None if the kernel cannot run it."""
+    if type(norm) is LayerNorm and norm.weight is not None and norm.bias is not None:
+        return stack_step.NORMS.index("layer")
+    if type(norm) is RMSNorm:
+        return stack_step.NORMS.index("rms")
+    if type(norm) is SequenceBatchNorm and norm.affine and norm.running_mean is not None:
+        return stack_step.NORMS.index("batch")
+    return None
+
+
+class CompiledStep:
+    """The kernel's arguments for one model, and the checks that they still describe it.
+
+    `supported` is False when the kernel cannot run the model (then `S5Model.step` uses
+    torch ops); `current(model)` says whether this still describes the model. Call as
+    `step(x_t, states, total, count, step_scale)` after `S5Model.step`'s checks.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        # what must stay as it is: every module/parameter/buffer slot, storage, and option read
+        # here; kept as parallel lists that `current` compares with C-level map calls
+        slots = [
+            (holder, name, value)
+            for module in model.modules()
+            for holder in (module._modules, module._parameters, module._buffers)
+            for name, value in holder.items()
+        ]
+        self.slot_holders, self.slot_names = [h for h, _, _ in slots], [n for _, n, _ in slots]
+        self.slot_ids = [id(v) for _, _, v in slots]
+        self.slot_values = [v for _, _, v in slots]  # keeps the ids above from being reused
+        self.submodules = [module for module in model.modules() if module is not model]
+        everything = [t for t in (*model.parameters(), *model.buffers()) if t is not None]
+        self.tensors, self.pointers = everything, [t.data_ptr() for t in everything]
+        attributes = [(model, "pooling")] + [
+            (obj, attr)
+            for block in model.layers
+            for obj, attrs in (
+                (block, ("prenorm", "activation")),
+                (block.norm, ("eps",)),
+                (block.ssm, ("discretization", "clip_eigs", "step_rescale", "conj_sym", "scan_backend")),
+            )
+            for attr in attrs
+        ]
+        self.attr_objects, self.attr_names = [o for o, _ in attributes], [a for _, a in attributes]
+        self.attr_values = list(map(getattr, self.attr_objects, self.attr_names))
+        self.backend_env = os.environ.get("S5SSM_SCAN_BACKEND")
+        self.dtype = model.layers[0].ssm.D.dtype
+        floats = [t for t in everything if t.is_floating_point()]
+        self.supported = (
+            _supported_blocks(model)
+            and self.dtype in _COMPLEX_OF
+            and all(t.device.type == "cpu" and t.dtype == self.dtype and t.is_contiguous() for t in floats)
+        )
+        if self.supported:
+            self._pack(model)
+
+    def _pack(self, model: nn.Module) -> None:
+        """The kernel's arguments (see scan/stack_step.py): live views of the weights, sizes, options."""
+        self.complex_dtype = _COMPLEX_OF[self.dtype]
+        self.encode_in_kernel = type(model.encoder) is nn.Linear and model.encoder.bias is not None
+        self.num_layers, self.num_states = len(model.layers), model.layers[0].ssm.num_states
+        self.hidden_size, self.output_size = model.hidden_size, model.output_size
+        tensors = [*_linear_params(model.encoder if self.encode_in_kernel else None), *_linear_params(model.head)]
+        options, consts = [], []
+        for block in model.layers:
+            ssm, norm = block.ssm, block.norm
+            is_batch = type(norm) is SequenceBatchNorm
+            tensors += [
+                norm.weight, getattr(norm, "bias", None),
+                norm.running_mean if is_batch else None, norm.running_var if is_batch else None,
+                ssm.Lambda_re, ssm.Lambda_im, ssm.log_step, ssm.B, ssm.C, ssm.D,
+                *_linear_params(getattr(block, "out1", None)), *_linear_params(getattr(block, "out2", None)),
+            ]  # fmt: skip
+            options.append([
+                _norm_kind(norm), int(block.prenorm), stack_step.ACTIVATIONS.index(block.activation),
+                int(ssm.discretization == "bilinear"), int(ssm.clip_eigs),
+            ])  # fmt: skip
+            consts.append([norm.eps, ssm.step_rescale, 2.0 if ssm.conj_sym else 1.0])
+        self.numpy_dtype = _NUMPY_OF[self.dtype]
+        self.numpy_complex = np.complex64 if self.dtype == torch.float32 else np.complex128
+        empty = np.empty(0, dtype=self.numpy_dtype)
+        self.weights = typed.List([t.detach().view(-1).numpy() if t is not None else empty for t in tensors])
+        embed = model.encoder.in_features if self.encode_in_kernel else self.hidden_size
+        self.dims = np.array(
+            [embed, self.hidden_size, self.num_states, self.num_layers, self.output_size,
+             int(self.encode_in_kernel), int(model.pooling == "mean"), int(model.head is not None)],
+            dtype=np.int64,
+        )  # fmt: skip
+        self.options = np.array(options, dtype=np.int64)
+        self.consts = np.array(consts, dtype=np.float64)
+        self.ones: dict[int, np.ndarray] = {}  # step_scale None, per batch size
+        self.memo_keys = np.full((self.num_layers, 3 * self.num_states + 1), np.nan)
+        self.memo_values = np.zeros((self.num_layers, 2 * self.num_states), dtype=np.complex128)
+
+    def current(self, model: nn.Module) -> bool:
+        """True while the model still has the tensors, modules and options this was built from."""
+        return (
+            list(map(id, map(dict.get, self.slot_holders, self.slot_names))) == self.slot_ids
+            and list(map(_data_ptr, self.tensors)) == self.pointers
+            and not any(map(_training, self.submodules))
+            and list(map(getattr, self.attr_objects, self.attr_names)) == self.attr_values
+            and os.environ.get("S5SSM_SCAN_BACKEND") == self.backend_env
+        )
+
+    def trusted_states(self, cache: object, batch: int) -> torch.Tensor | None:
+        """The stacked (num_layers, B, P) states of a StreamCache made by `init_cache` or
+        `step` for a model like this one (dtypes and shapes match), else None (check in full)."""
+        if type(cache) is not StreamCache:
+            return None
+        stacked, total = cache._stacked, cache["sum"]
+        if stacked is None or stacked.dtype != self.complex_dtype or total.dtype != self.dtype:
+            return None
+        if not (stacked.is_cpu and total.is_cpu):
+            return None
+        if stacked.shape != (self.num_layers, batch, self.num_states) or total.shape != (batch, self.hidden_size):
+            return None
+        return stacked
+
+    def step_scales(self, step_scale: float | torch.Tensor | None, batch: int) -> np.ndarray:
+        """The kernel's float64 (B,) step_scale from a checked None, float or (B,) tensor."""
+        if isinstance(step_scale, torch.Tensor):
+            return step_scale.detach().to(torch.float64).numpy()
+        if step_scale is None:
+            ones = self.ones.get(batch)  # the kernel only reads it
+            if ones is None:
+                ones = self.ones[batch] = np.ones(batch)
+            return ones
+        return np.full(batch, step_scale)
+
+    def __call__(
+        self, x_t: torch.Tensor, states: torch.Tensor, total: torch.Tensor, count: int, step_scale: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """One frame: x_t (B, E), or (B, H) when the encoder ran in torch ops; states complex
+        (layers, B, P); total (B, H); step_scale float64 (B,). Returns (out (B, O), new
+        states, new total), or None if x_t holds a NaN or Inf."""
+        batch = x_t.shape[0]
+        # numpy allocates faster than torch.empty; from_numpy shares the memory
+        new_states = np.empty((self.num_layers, batch, self.num_states), dtype=self.numpy_complex)
+        new_total = np.empty((batch, self.hidden_size), dtype=self.numpy_dtype)
+        out = np.empty((batch, self.output_size), dtype=self.numpy_dtype)
+        kernel = stack_step.stack_step_parallel if batch >= PARALLEL_MIN_BATCH else stack_step.stack_step_serial
+        finite = kernel(
+            x_t.numpy(), self.weights, self.dims, self.options, self.consts, step_scale, self.memo_keys,
+            self.memo_values, states.numpy(), new_states, total.numpy(), new_total, count, out,
+        )  # fmt: skip
+        if not finite:
+            return None
+        return torch.from_numpy(out), torch.from_numpy(new_states), torch.from_numpy(new_total)
+
+
+def _linear_params(linear: nn.Module | None) -> list[torch.Tensor | None]:
+    return [linear.weight, linear.bias] if linear is not None else [None, None]
+
+
+def _supported_blocks(model: nn.Module) -> bool:
+    """Whether the kernel implements every piece of the model (apart from the encoder)."""
+    if model.bidirectional:
+        return False
+    if model.head is not None and (type(model.head) is not nn.Linear or model.head.bias is None):
+        return False
+    for block in model.layers:
+        if _norm_kind(block.norm) is None or not isinstance(getattr(block.ssm, "C", None), torch.Tensor):
+            return False
+        if any(getattr(block, name, None) is not None and getattr(block, name).bias is None for name in ("out1", "out2")):
+            return False
+        if resolve_backend(block.ssm.scan_backend, torch.device("cpu")) != "cpu":
+            return False
+    return True
+
+
+def compiled_step_for(model: nn.Module) -> CompiledStep | None:
+    """The model's CompiledStep, (re)built when it no longer describes the model; None when
+    the kernel cannot run the model now (a module in training mode, or unsupported)."""
+    if model.training:
+        return None
+    built = _BUILT.get(model)
+    if built is None or not built.current(model):
+        if any(module.training for module in model.modules()):
+            return None
+        built = _BUILT[model] = CompiledStep(model)
+    return built if built.supported else None
