@@ -18,8 +18,14 @@ sequence ((B, 1|L, P)), and over the batch afterwards if Λ̄ is shared: a time-
 never gets a [B, L, P] gradient. Only the inputs and the states are saved for backward.
 
 Work is split over numba's threads by sequence (and by blocks of states when there are
-fewer sequences than threads); the inner loop runs over contiguous states. With torch.library.custom_op (torch >= 2.4) both kernels
-are registered as ops, so torch.compile'd code calls them instead of tracing into numba.
+fewer sequences than threads). The kernels see the complex tensors as float arrays with
+(re, im) interleaved and keep what they carry from step to step (the state, or the
+gradient carry) in two planes, real and imaginary, so the complex multiply-add is real
+arithmetic on contiguous arrays that LLVM vectorises (numba's complex type compiles to
+scalar code); every input is still read, and every output written, once.
+
+With torch.library.custom_op (torch >= 2.4) both kernels are registered as ops, so
+torch.compile'd code calls them instead of tracing into numba.
 """
 
 from __future__ import annotations
@@ -30,36 +36,15 @@ import torch
 from numba import prange
 
 
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out):  # pragma: no cover - compiled
+    """Float views: lam (B|1, L|1, 2P), bu/out (B, L, 2P), init (B, 2P), (re, im) interleaved.
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _forward_kernel(lam, bu, init, resets, reverse, splits, out):  # pragma: no cover - compiled
-    batch, length, size = bu.shape
-    lam_b = 1 if lam.shape[0] > 1 else 0  # integer selectors keep numba's index types integral
-    lam_l = 1 if lam.shape[1] > 1 else 0
-    width = (size + splits - 1) // splits
-    for task in prange(batch * splits):
-        b = task // splits
-        lo = (task % splits) * width
-        hi = min(size, lo + width)
-        for i in range(length):
-            k = length - 1 - i if reverse else i
-            prev = k + 1 if reverse else k - 1
-            a = lam_l * k
-            if resets[b, k]:
-                for p in range(lo, hi):
-                    out[b, k, p] = bu[b, k, p]
-            elif i == 0:
-                for p in range(lo, hi):
-                    out[b, k, p] = lam[lam_b * b, a, p] * init[b, p] + bu[b, k, p]
-            else:
-                for p in range(lo, hi):
-                    out[b, k, p] = lam[lam_b * b, a, p] * out[b, prev, p] + bu[b, k, p]
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _backward_kernel(lam, states, init, resets, reverse, splits, grad, d_bu, d_lam, d_init):  # pragma: no cover
-    """d_lam: (B, 1|L, P) zeros, one row per sequence; d_init: (B, P)."""
-    batch, length, size = states.shape
+    The carried state lives in two planes (re, im) of `width` floats, so the complex
+    multiply-add runs on contiguous real arrays and LLVM vectorises it; B̄u and the states
+    are read and written interleaved, once each."""
+    batch, length, size2 = bu.shape
+    size = size2 // 2
     lam_b = 1 if lam.shape[0] > 1 else 0
     lam_l = 1 if lam.shape[1] > 1 else 0
     width = (size + splits - 1) // splits
@@ -67,26 +52,116 @@ def _backward_kernel(lam, states, init, resets, reverse, splits, grad, d_bu, d_l
         b = task // splits
         lo = (task % splits) * width
         hi = min(size, lo + width)
-        carry = np.zeros(hi - lo, dtype=states.dtype)  # conj(Λ̄_{k+1}) g_{k+1}
+        n = hi - lo
+        x_re = np.empty(n, dtype=bu.dtype)
+        x_im = np.empty(n, dtype=bu.dtype)
+        l_re = np.empty(n, dtype=bu.dtype)
+        l_im = np.empty(n, dtype=bu.dtype)
+        start = init[b, 2 * lo : 2 * hi]
+        for j in range(n):
+            x_re[j] = start[2 * j]
+            x_im[j] = start[2 * j + 1]
+        for i in range(length):
+            k = length - 1 - i if reverse else i
+            if i == 0 or lam_l == 1:
+                row = lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi]
+                for j in range(n):
+                    l_re[j] = row[2 * j]
+                    l_im[j] = row[2 * j + 1]
+            o = out[b, k, 2 * lo : 2 * hi]
+            u = o if in_place else bu[b, k, 2 * lo : 2 * hi]
+            if resets[b, k]:
+                for j in range(n):
+                    x_re[j] = u[2 * j]
+                    x_im[j] = u[2 * j + 1]
+                    o[2 * j] = x_re[j]
+                    o[2 * j + 1] = x_im[j]
+            elif in_place:
+                for j in range(n):
+                    re = l_re[j] * x_re[j] - l_im[j] * x_im[j] + o[2 * j]
+                    im = l_re[j] * x_im[j] + l_im[j] * x_re[j] + o[2 * j + 1]
+                    x_re[j] = re
+                    x_im[j] = im
+                    o[2 * j] = re
+                    o[2 * j + 1] = im
+            else:
+                for j in range(n):
+                    re = l_re[j] * x_re[j] - l_im[j] * x_im[j] + u[2 * j]
+                    im = l_re[j] * x_im[j] + l_im[j] * x_re[j] + u[2 * j + 1]
+                    x_re[j] = re
+                    x_im[j] = im
+                    o[2 * j] = re
+                    o[2 * j + 1] = im
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
+def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad, d_bu, d_lam, d_init):  # pragma: no cover
+    """Float views as in _forward_kernel; d_lam (B, 1|L, 2P) zeros, d_init (B, 2P).
+    in_place: d_bu is grad (read then overwritten, element by element)."""
+    batch, length, size2 = states.shape
+    size = size2 // 2
+    lam_b = 1 if lam.shape[0] > 1 else 0
+    lam_l = 1 if lam.shape[1] > 1 else 0
+    width = (size + splits - 1) // splits
+    for task in prange(batch * splits):
+        b = task // splits
+        lo = (task % splits) * width
+        hi = min(size, lo + width)
+        n = hi - lo
+        c_re = np.zeros(n, dtype=states.dtype)  # carry: conj(Λ̄_{k+1}) g_{k+1}, in planes
+        c_im = np.zeros(n, dtype=states.dtype)
+        l_re = np.empty(n, dtype=states.dtype)
+        l_im = np.empty(n, dtype=states.dtype)
+        s_re = np.zeros(n, dtype=states.dtype)  # Σ_k dΛ̄_k for a time-invariant Λ̄
+        s_im = np.zeros(n, dtype=states.dtype)
         for i in range(length):
             k = i if reverse else length - 1 - i  # against the scan's direction
             prev = k + 1 if reverse else k - 1
-            a = lam_l * k
+            if i == 0 or lam_l == 1:
+                row = lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi]
+                for j in range(n):
+                    l_re[j] = row[2 * j]
+                    l_im[j] = row[2 * j + 1]
+            g_in = grad[b, k, 2 * lo : 2 * hi]
+            g_out = g_in if in_place else d_bu[b, k, 2 * lo : 2 * hi]
             if resets[b, k]:
-                for p in range(lo, hi):
-                    d_bu[b, k, p] = grad[b, k, p] + carry[p - lo]
-                    carry[p - lo] = 0
+                for j in range(n):
+                    g_out[2 * j] = g_in[2 * j] + c_re[j]
+                    g_out[2 * j + 1] = g_in[2 * j + 1] + c_im[j]
+                    c_re[j] = 0.0
+                    c_im[j] = 0.0
                 continue
-            x_prev = init[b] if i == length - 1 else states[b, prev]
-            lam_k = lam[lam_b * b, a]
-            row = d_lam[b, a]
-            for p in range(lo, hi):
-                g = grad[b, k, p] + carry[p - lo]
-                d_bu[b, k, p] = g
-                row[p] += g * np.conj(x_prev[p])
-                carry[p - lo] = np.conj(lam_k[p]) * g
-        for p in range(lo, hi):
-            d_init[b, p] = carry[p - lo]
+            x = init[b, 2 * lo : 2 * hi] if i == length - 1 else states[b, prev, 2 * lo : 2 * hi]
+            if lam_l == 1:  # time-varying Λ̄: its gradient row for this step
+                d_row = d_lam[b, k, 2 * lo : 2 * hi]
+                for j in range(n):
+                    g_re = g_in[2 * j] + c_re[j]
+                    g_im = g_in[2 * j + 1] + c_im[j]
+                    g_out[2 * j] = g_re
+                    g_out[2 * j + 1] = g_im
+                    d_row[2 * j] = g_re * x[2 * j] + g_im * x[2 * j + 1]
+                    d_row[2 * j + 1] = g_im * x[2 * j] - g_re * x[2 * j + 1]
+                    c_re[j] = l_re[j] * g_re + l_im[j] * g_im
+                    c_im[j] = l_re[j] * g_im - l_im[j] * g_re
+            else:
+                for j in range(n):
+                    g_re = g_in[2 * j] + c_re[j]
+                    g_im = g_in[2 * j + 1] + c_im[j]
+                    g_out[2 * j] = g_re
+                    g_out[2 * j + 1] = g_im
+                    s_re[j] += g_re * x[2 * j] + g_im * x[2 * j + 1]
+                    s_im[j] += g_im * x[2 * j] - g_re * x[2 * j + 1]
+                    c_re[j] = l_re[j] * g_re + l_im[j] * g_im
+                    c_im[j] = l_re[j] * g_im - l_im[j] * g_re
+        if lam_l == 0:
+            d_row = d_lam[b, 0, 2 * lo : 2 * hi]
+            for j in range(n):
+                d_row[2 * j] = s_re[j]
+                d_row[2 * j + 1] = s_im[j]
+        d_start = d_init[b, 2 * lo : 2 * hi]
+        for j in range(n):
+            d_start[2 * j] = c_re[j]
+            d_start[2 * j + 1] = c_im[j]
 
 
 def _splits(batch: int, size: int) -> int:
@@ -105,6 +180,11 @@ def _flags(resets: torch.Tensor | None, batch: int, length: int) -> np.ndarray:
     return resets.contiguous().numpy()
 
 
+def _floats(t: torch.Tensor) -> np.ndarray:
+    """A contiguous complex tensor (..., P) as a float array (..., 2P), (re, im) interleaved."""
+    return torch.view_as_real(t).flatten(-2).numpy()
+
+
 def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool, in_place: bool = False) -> torch.Tensor:
     """The states (B, L, P); in_place: written over `bu` (contiguous, owned by the caller)."""
     lam = _layout(lambda_bar).contiguous()
@@ -113,7 +193,9 @@ def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool, in_place
     out = bu if in_place else torch.empty_like(bu)
     batch, length, size = bu.shape
     flags = _flags(resets, batch, length)
-    _forward_kernel(lam.numpy(), bu.numpy(), init.numpy(), flags, reverse, _splits(batch, size), out.numpy())
+    _forward_kernel(
+        _floats(lam), _floats(bu), _floats(init), flags, reverse, in_place, _splits(batch, size), _floats(out)
+    )
     return out
 
 
@@ -126,8 +208,8 @@ def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, gra
     d_lam = states.new_zeros(batch, lam.shape[1], size)
     d_init = torch.empty_like(init)
     _backward_kernel(
-        lam.numpy(), states.contiguous().numpy(), init.numpy(), _flags(resets, batch, length),
-        reverse, _splits(batch, size), grad.contiguous().numpy(), d_bu.numpy(), d_lam.numpy(), d_init.numpy(),
+        _floats(lam), _floats(states.contiguous()), _floats(init), _flags(resets, batch, length), reverse,
+        in_place, _splits(batch, size), _floats(grad.contiguous()), _floats(d_bu), _floats(d_lam), _floats(d_init),
     )  # fmt: skip
     if lam.shape[0] == 1:
         d_lam = d_lam.sum(dim=0, keepdim=True)
