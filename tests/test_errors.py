@@ -177,6 +177,17 @@ CONSTRUCTOR_CASES = {
     "window_size": (lambda: S5Model(embed_dim=2, window_size=0), ["window_size", "0"]),
     "model conj_sym odd block": (lambda: S5Model(embed_dim=2, state_size=12, blocks=4), ["conj_sym", "12/4 = 3"]),
     "model unknown norm": (lambda: S5Model(embed_dim=2, norm="instance"), ["norm", "'instance'"]),
+    "encoder": (lambda: S5Model(embed_dim=4, encoder="cnn"), ["encoder", "'cnn'", "conv"]),
+    "conv encoder on tokens": (lambda: S5Model(vocab_size=9, encoder="conv"), ["encoder='conv'", "vocab_size"]),
+    "image_shape without conv": (lambda: S5Model(embed_dim=4, image_shape=(2, 2)), ["image_shape", "encoder='conv'"]),
+    "conv not square": (lambda: S5Model(embed_dim=575, encoder="conv"), ["embed_dim=575", "square", "image_shape"]),
+    "image_shape pixels": (lambda: S5Model(embed_dim=576, encoder="conv", image_shape=(24, 20)),
+                           ["image_shape=(24, 20)", "480 pixels", "embed_dim=576"]),
+    "image_shape form": (lambda: S5Model(embed_dim=576, encoder="conv", image_shape="24x24"),
+                         ["image_shape", "(height, width)", "'24x24'"]),
+    "image_shape floats": (lambda: S5Model(embed_dim=576, encoder="conv", image_shape=(24.0, 24.0)),
+                           ["image_shape", "(height, width)"]),
+    "image too small": (lambda: S5Model(embed_dim=25, encoder="conv"), ["image_shape=(5, 5)", "6×6"]),
 }
 
 

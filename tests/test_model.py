@@ -1,11 +1,14 @@
-"""S5Model: the headline configuration, pooling, tokens, param_count, step == forward on prefixes, files."""
+"""S5Model: the headline configuration, pooling, tokens, the conv encoder, param_count, step == forward on
+prefixes, files."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
 from s5ssm import S5Model, recommended_defaults
+from s5ssm.encoders import CHUNK, ConvEncoder
 
 
 def small(seed=0, **kw):
@@ -94,10 +97,16 @@ def test_output_size_and_head():
 
 def expected_param_count(embed_dim=None, vocab_size=None, hidden_size=128, state_size=256, num_layers=6,
                          output_dim=None, norm="batch", activation="half_glu1", conj_sym=True,
-                         bidirectional=False, C_init="trunc_standard_normal", **_):  # fmt: skip
+                         bidirectional=False, C_init="trunc_standard_normal", encoder="linear", image_shape=None,
+                         **_):  # fmt: skip
     H = hidden_size
     P = state_size // 2 if conj_sym else state_size
-    encoder = vocab_size * H if vocab_size is not None else embed_dim * H + H
+    if encoder == "conv":  # conv 5x5 1->12, conv 3x3 12->12, Linear(12 h2 w2, 30), Linear(30, H)
+        h, w = image_shape or (math.isqrt(embed_dim),) * 2
+        h2, w2 = math.ceil(h // 2 / 2) // 2, math.ceil(w // 2 / 2) // 2
+        encoder = (25 * 12 + 12) + (9 * 12 * 12 + 12) + (12 * h2 * w2 * 30 + 30) + (30 * H + H)
+    else:
+        encoder = vocab_size * H if vocab_size is not None else embed_dim * H + H
     ssm = (
         P  # Lambda_re
         + P  # Lambda_im
@@ -121,11 +130,22 @@ def expected_param_count(embed_dim=None, vocab_size=None, hidden_size=128, state
              conj_sym=False, bidirectional=True),
         dict(embed_dim=2, hidden_size=4, state_size=4, num_layers=1, bidirectional=True, C_init="complex_normal",
              norm="layer", activation="half_glu2", output_dim=3),
+        dict(embed_dim=576, encoder="conv", hidden_size=30, state_size=16, blocks=8, num_layers=4, norm="layer",
+             activation="half_glu2", output_dim=2),  # the pendulum task's model
+        dict(embed_dim=270, encoder="conv", image_shape=(15, 18), hidden_size=6, state_size=4, num_layers=1),
     ],
 )
 def test_param_count(kw):
     model = S5Model(**kw)
     assert model.param_count() == expected_param_count(**kw)
+
+
+def test_pendulum_param_count_number():
+    # conv 25·12+12 = 312, conv 9·12·12+12 = 1308, Linear(108, 30) 3270, Linear(30, 30) 930: 5820;
+    # per layer: LayerNorm 60, SSM (P = 8 kept) 8+8 + 8·30·2 + 30·8·2 + 30 + 8 = 1014, half_glu2 930; head 62
+    model = S5Model(embed_dim=576, encoder="conv", hidden_size=30, state_size=16, blocks=8, num_layers=4,
+                    norm="layer", activation="half_glu2", output_dim=2)  # fmt: skip
+    assert model.param_count() == 5820 + 4 * (60 + 1014 + 930) + 62 == 13898
 
 
 def test_headline_param_count_number():
@@ -164,6 +184,43 @@ def test_step_equals_forward_on_every_prefix(pooling, head, norm):
             torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"t={t}: {m}")
 
 
+def conv_model(seed=0, **kw):
+    """A model whose conv encoder reads 6×8 images (embed_dim 48)."""
+    return small(seed, embed_dim=48, encoder="conv", image_shape=(6, 8), **kw)
+
+
+def test_conv_encoder_reads_every_frame_as_an_image_on_its_own():
+    encoder = conv_model(7).encoder
+    x = torch.randn(3, 150, 48, dtype=torch.float64)  # 450 frames: more than one chunk
+    assert 450 > CHUNK
+    with torch.no_grad():
+        h = encoder(x)
+        assert h.shape == (3, 150, 8) and encoder(x[:, 0]).shape == (3, 8)
+        # row-major (6, 8) images, all frames through the CNN at once: the same as chunk by chunk
+        torch.testing.assert_close(h, encoder.net(x.reshape(450, 1, 6, 8)).reshape(3, 150, 8), rtol=0, atol=0)
+        torch.testing.assert_close(h[1, 17], encoder(x[1, 17][None])[0], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(encoder(x.flip(-1)), h)  # the pixel layout matters
+    square = small(embed_dim=64, encoder="conv")
+    assert square.encoder.image_shape == (8, 8) and square.config["image_shape"] is None
+    for side in range(6, 30):  # the size of the flattened feature maps is computed right
+        assert ConvEncoder((side, side + 3), 4)(torch.rand(2, side * (side + 3))).shape == (2, 4)
+
+
+@pytest.mark.parametrize("pooling", ["none", "mean"])
+def test_conv_model_step_equals_forward_with_irregular_steps(pooling):
+    """The pendulum's use: per-frame images at irregular times, streamed one frame at a time."""
+    model = conv_model(8, pooling=pooling, output_dim=2).eval()
+    x = torch.rand(2, 6, 48, dtype=torch.float64)
+    gaps = torch.tensor([[1.0, 2, 1, 3, 1, 1], [1.0, 1, 4, 2, 2, 1]], dtype=torch.float64)
+    cache = model.init_cache(2)
+    with torch.no_grad():
+        for t in range(6):
+            y, cache = model.step(x[:, t], cache, step_scale=gaps[:, t])
+            full = model(x[:, : t + 1], step_scale=gaps[:, : t + 1])
+            want = full[:, -1] if pooling == "none" else full
+            torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"t={t}: {m}")
+
+
 def test_token_model_step():
     model = small(3, vocab_size=9, embed_dim=None, pooling="mean").eval()
     x = torch.randint(0, 9, (2, 5))
@@ -174,10 +231,11 @@ def test_token_model_step():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(vocab_size=7, embed_dim=None, output_dim=3, norm="batch", pooling="mean",
-                                              bidirectional=True, conj_sym=False, window_size=9)])  # fmt: skip
+                                              bidirectional=True, conj_sym=False, window_size=9),
+                                dict(embed_dim=48, encoder="conv", image_shape=[6, 8], output_dim=2, pooling="none")])  # fmt: skip
 def test_save_and_load(tmp_path, kw):
     model = small(4, **kw).eval()
-    x = torch.randint(0, 7, (2, 6)) if "vocab_size" in kw else torch.randn(2, 6, 3, dtype=torch.float64)
+    x = torch.randint(0, 7, (2, 6)) if "vocab_size" in kw else torch.randn(2, 6, model.embed_dim, dtype=torch.float64)
     if "norm" in kw:  # buffers round-trip too
         with torch.no_grad():
             model.layers[0].norm.running_mean.fill_(0.3)
@@ -185,6 +243,8 @@ def test_save_and_load(tmp_path, kw):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
     loaded = S5Model.from_pretrained(tmp_path / "m").eval()
     assert loaded.config == model.config
+    if "image_shape" in kw:  # given as a list, kept as a tuple, written to JSON as a list
+        assert loaded.config["image_shape"] == (6, 8) and loaded.encoder.image_shape == (6, 8)
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and a.dtype == b.dtype and torch.equal(a, b), k
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -97,6 +97,12 @@ def test_token_encoder_runs_in_torch_before_the_kernel():
     assert not streaming.compiled_step_for(tokens).encode_in_kernel
 
 
+def test_conv_encoder_runs_in_torch_before_the_kernel():
+    images = S5Model(embed_dim=48, image_shape=(6, 8), encoder="conv", hidden_size=8, state_size=8, output_dim=2)
+    assert_same_stream(images.double().eval(), torch.rand(2, 4, 48, dtype=torch.float64))
+    assert not streaming.compiled_step_for(images).encode_in_kernel
+
+
 def model_and_input(seed=4):
     torch.manual_seed(seed)
     model = S5Model(embed_dim=3, hidden_size=8, state_size=8, num_layers=2, norm="layer", output_dim=2)

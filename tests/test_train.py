@@ -118,6 +118,33 @@ def test_config_file_round_trip(tmp_path, suffix):
     assert summary(again)["results"] == summary(run)["results"]
 
 
+def test_pendulum_conv_encoder_through_the_cli(tmp_path, capsys):
+    """The pendulum task's conv encoder reaches the model, config.yaml and back; flags override it."""
+    import yaml
+
+    from s5ssm.cli import build_parser, resolve_config
+    from s5ssm.encoders import ConvEncoder
+    from s5ssm.trainer import load_run
+
+    run = tmp_path / "run"
+    args = ["train", "--task", "pendulum", "--size", "tiny", "--epochs", "1", "--quiet", "--run_dir", str(run)]
+    assert main(args) == 0
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["encoder"] == "conv" and resolved["image_shape"] is None
+    _, model, _ = load_run(run)
+    assert isinstance(model.encoder, ConvEncoder) and model.encoder.image_shape == (24, 24)
+    assert summary(run)["param_count"] == 13898
+
+    def cfg(*flags):
+        return resolve_config(build_parser().parse_args(["train", "--task", "pendulum", *flags]))
+
+    assert cfg("--image_shape", "24x24")["image_shape"] == [24, 24]
+    assert cfg("--encoder", "linear")["encoder"] == "linear"
+    with pytest.raises(SystemExit):
+        cfg("--image_shape", "24")
+    assert "--image_shape" in capsys.readouterr().err
+
+
 def test_bad_flags_and_files_are_named(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochz: 3\n")

@@ -47,6 +47,8 @@ TRAIN_HELP = {
     "grad_clip": "clip the gradient norm to this value (0: off)",
     "checkpoint_every": "also checkpoint every this many steps inside an epoch (0: epochs only)",
     "quiet": "no progress bars",
+    "encoder": "linear, or conv: a small CNN reads each step's features as a grayscale image",
+    "image_shape": "HEIGHTxWIDTH of the images for --encoder conv (e.g. 24x24; unset: square)",
 }
 MODEL_DEFAULTS = {
     name: p.default
@@ -54,6 +56,17 @@ MODEL_DEFAULTS = {
     if name not in ("embed_dim", "vocab_size", "output_dim", "window_size")
 }
 ALL_DEFAULTS = {**TRAIN_DEFAULTS, **MODEL_DEFAULTS}
+
+
+def _image_shape(text: str) -> list[int]:
+    """--image_shape HEIGHTxWIDTH -> [height, width] (a list keeps config.yaml plain YAML)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 24x24, got {text!r}")
+    return [int(p) for p in parts]
+
+
+OPTION_TYPES = {"image_shape": _image_shape}  # options whose default (None) does not give the type
 
 
 def _type_of(default):
@@ -74,7 +87,8 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             if isinstance(default, bool):
                 group.add_argument(*aliases, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             else:
-                group.add_argument(*aliases, dest=name, type=_type_of(default), default=None, help=help_text)
+                kind = OPTION_TYPES.get(name, _type_of(default))
+                group.add_argument(*aliases, dest=name, type=kind, default=None, help=help_text)
 
 
 def read_config_file(path: str) -> dict:

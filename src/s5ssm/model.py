@@ -1,7 +1,7 @@
 """S5Model: encoder, a stack of S5Blocks, pooling and an optional head.
 
     x (B, L, embed_dim) float, or (B, L) int64 tokens with vocab_size
-      -> encoder (Linear, or Embedding)            (B, L, H)
+      -> encoder (Linear, Embedding, or a CNN)     (B, L, H)
       -> num_layers × S5Block                      (B, L, H)
       -> pooling: "last" | "mean" (mask-aware) | "none"
       -> head Linear(H, output_dim) if output_dim  (B, output_size) or (B, L, output_size)
@@ -20,6 +20,7 @@ from torch import nn
 
 from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
 from .block import S5Block
+from .encoders import ENCODERS, ConvEncoder, conv_image_shape
 from .io import atomic_write_text, load_safetensors, save_safetensors
 from .streaming import CompiledStep, StreamCache, compiled_step_for
 
@@ -74,6 +75,11 @@ class S5Model(nn.Module):
             needs no window at all.
         vocab_size: use an Embedding(vocab_size, H) encoder for int64 token inputs (B, L)
             instead of a Linear encoder (then leave embed_dim None).
+        encoder: "linear" (Linear(embed_dim, H), or the Embedding for tokens) or "conv":
+            each step's embed_dim features are a grayscale image, row-major, read by CRU's
+            small CNN (s5ssm.encoders.ConvEncoder), one frame at a time.
+        image_shape: (height, width) of those images, height·width = embed_dim; None
+            reads square ones (sqrt(embed_dim) a side). Only with encoder="conv".
         output_dim: add a Linear(H, output_dim) head (logits or regression outputs).
         pooling: "last" (last valid step), "mean" (over valid steps) or "none" (every step).
         blocks, norm, prenorm, activation, bn_momentum: as in S5Block.
@@ -91,6 +97,8 @@ class S5Model(nn.Module):
         window_size: int | None = None,
         *,
         vocab_size: int | None = None,
+        encoder: str = "linear",
+        image_shape: tuple[int, int] | None = None,
         output_dim: int | None = None,
         pooling: str = "last",
         blocks: int = 1,
@@ -115,6 +123,13 @@ class S5Model(nn.Module):
                 f"give exactly one of embed_dim (float inputs) and vocab_size (token inputs), "
                 f"got embed_dim={embed_dim}, vocab_size={vocab_size}"
             )
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        if encoder == "conv" and vocab_size is not None:
+            raise ValueError("encoder='conv' reads float images (embed_dim), not tokens (vocab_size)")
+        if image_shape is not None and encoder != "conv":
+            raise ValueError(f"image_shape is only used with encoder='conv', got image_shape={image_shape!r} "
+                             f"with encoder={encoder!r}")  # fmt: skip
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if num_layers < 1:
@@ -129,6 +144,10 @@ class S5Model(nn.Module):
         self.bidirectional = bidirectional
         if vocab_size is not None:
             self.encoder: nn.Module = nn.Embedding(vocab_size, hidden_size)
+        elif encoder == "conv":
+            self.encoder = ConvEncoder(conv_image_shape(embed_dim, image_shape), hidden_size)
+            # a tuple, whether given as one or read back from config.json as a list
+            self.config["image_shape"] = tuple(image_shape) if image_shape is not None else None
         else:
             self.encoder = nn.Linear(embed_dim, hidden_size)
         block_options = dict(
@@ -163,7 +182,7 @@ class S5Model(nn.Module):
             if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
                 raise ValueError(f"{name}: token ids must be in [0, {self.vocab_size}), got [{int(x.min())}, {int(x.max())}]")
         else:
-            expect_dtype(name, x, self.encoder.weight.dtype)
+            expect_dtype(name, x, self.layers[0].ssm.D.dtype)
             expect_shape(name, x, lead + (self.embed_dim,), labels + "D")
             if finite:
                 expect_finite(name, x)

@@ -92,7 +92,8 @@ def build_model(cfg: dict, info: dict) -> torch.nn.Module:
     inputs = {"vocab_size": info["vocab_size"]} if info.get("vocab_size") else {"embed_dim": info["input_dim"]}
     pooling = "none" if info.get("per_step") else cfg["pooling"]
     if cfg["model"] == "s5":
-        options = {k: cfg[k] for k in S5_OPTIONS}
+        # a run directory written before an option existed leaves it to S5Model's default
+        options = {k: cfg[k] for k in S5_OPTIONS if k in cfg}
         options["pooling"] = pooling
         return S5Model(**inputs, output_dim=info["output_dim"], **options)
     return RNNModel(cfg["model"], **inputs, hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"],
@@ -100,9 +101,9 @@ def build_model(cfg: dict, info: dict) -> torch.nn.Module:
 
 
 S5_OPTIONS = (
-    "hidden_size", "state_size", "num_layers", "dropout", "pooling", "blocks", "norm", "prenorm", "activation",
-    "bn_momentum", "conj_sym", "clip_eigs", "bidirectional", "discretization", "C_init", "dt_min", "dt_max",
-    "step_rescale", "scan_backend",
+    "hidden_size", "state_size", "num_layers", "dropout", "pooling", "encoder", "image_shape", "blocks", "norm",
+    "prenorm", "activation", "bn_momentum", "conj_sym", "clip_eigs", "bidirectional", "discretization", "C_init",
+    "dt_min", "dt_max", "step_rescale", "scan_backend",
 )  # fmt: skip
 
 

@@ -228,8 +228,10 @@ def build(**options) -> Task:
         output_dim=2,
         per_step=True,
         generator=_generate,
-        # lindermanlab/S5 bin/run_experiments/run_pendulum.sh (S5 decodes each step with an MLP)
+        # lindermanlab/S5 bin/run_experiments/run_pendulum.sh (S5 decodes each step with an MLP),
+        # with CRU's image encoder as S5 uses it (s5ssm.encoders; square images of image_size)
         model_defaults=dict(
+            encoder="conv",
             hidden_size=30,
             state_size=16,
             blocks=8,
