@@ -95,9 +95,11 @@ def bench_scan(size: dict, repeats: int) -> dict:
     lam_j, bu_j, g_j = (jnp.asarray(t.numpy()) for t in (lam, bu, grad))
     ours = fwd("cpu")
     theirs = torch.from_numpy(jax.device_get(scan_j(lam_j, bu_j)).copy())
-    t_fwd_j = timed({"jax": lambda: scan_j(lam_j, bu_j).block_until_ready(), "cpu": lambda: fwd("cpu")}, repeats)
+    t_fwd_j = timed(
+        {"jax": lambda: scan_j(lam_j, bu_j).block_until_ready(), "cpu": lambda: fwd("cpu")}, repeats, lead_in=True
+    )
     t_fb_j = timed({"jax": lambda: jax.block_until_ready(grad_j(lam_j, bu_j, g_j)),
-                    "cpu": lambda: fwd_bwd("cpu")}, repeats)  # fmt: skip
+                    "cpu": lambda: fwd_bwd("cpu")}, repeats, lead_in=True)  # fmt: skip
     results["jax"] = {
         "what": "jit(vmap(jax.lax.associative_scan)) with Λ̄ tiled to (L, P), as in the paper's apply_ssm",
         "forward_ms": ms(t_fwd_j["jax"]),
@@ -182,9 +184,9 @@ def _bench_jax_layer(layer: S5SSM, u, u_g, grad, repeats: int, jx) -> dict:
         with torch.no_grad():
             return layer(u)
 
-    t_fwd = timed({"jax": lambda: forward(params, u_j).block_until_ready(), "ours": ours_fwd}, repeats)
+    t_fwd = timed({"jax": lambda: forward(params, u_j).block_until_ready(), "ours": ours_fwd}, repeats, lead_in=True)
     t_fb = timed({"jax": lambda: jax.block_until_ready(fwd_bwd(params, u_j, g_j)),
-                  "ours": lambda: layer_fwd_bwd(layer, u_g, grad)}, repeats)  # fmt: skip
+                  "ours": lambda: layer_fwd_bwd(layer, u_g, grad)}, repeats, lead_in=True)  # fmt: skip
     return {
         "what": "the paper's S5SSM (discretize_zoh + apply_ssm + D u), jit(vmap) over the batch; "
         "forward+backward = jit(value_and_grad) w.r.t. parameters and input",

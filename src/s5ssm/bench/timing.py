@@ -2,7 +2,11 @@
 
 Every figure of `s5ssm bench` is a ratio of two medians measured in the same process,
 the two functions run alternately round by round (`timed`), so that a burst of load from
-another process on this shared machine falls on both sides of the ratio.
+another process on this shared machine falls on both sides of the ratio. Against JAX each
+timed call follows an untimed call of the same function (`lead_in`): XLA's worker threads
+keep spinning for tens of milliseconds after a JAX call returns, and the torch call right
+after one ran about a third slower (the layer's forward+backward: 141 ms right after JAX's,
+104 ms after a 50 ms pause).
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from collections.abc import Callable
 import torch
 
 
-def timed(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict]:
-    """Run the functions interleaved, `warmup` rounds untimed then `repeats` timed rounds.
+def timed(
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, lead_in: bool = False
+) -> dict[str, dict]:
+    """Run the functions interleaved, `warmup` rounds untimed then `repeats` timed rounds;
+    with lead_in, each timed call right after an untimed call of the same function.
 
     Returns {name: {"median": s, "min": s, "max": s, "runs": n}} in seconds; the median is
     the figure the bench reports, min/max show how noisy the run was.
@@ -28,6 +35,8 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if lead_in:
+                fn()
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
