@@ -331,3 +331,18 @@ def test_model_resets_errors():
     check(TypeError, lambda: model(U(), resets=torch.zeros(2, 5, dtype=torch.int64)), "resets", "bool", "int64")
     check(ValueError, lambda: model(U(), resets=torch.zeros(2, 5, 1, dtype=torch.bool)),
           "resets", "[B=2, L=5]", "[2, 5, 1]")  # fmt: skip
+
+
+def test_rnn_baseline_errors_and_time_input():
+    from s5ssm.baselines import RNNModel
+
+    torch.manual_seed(0)
+    x, scale = torch.randn(2, 5, 3), torch.rand(2, 5) + 0.5
+    plain, timed = RNNModel("gru", 3, 8, 1, output_dim=2), RNNModel("gru", 3, 8, 1, output_dim=2, time_input=True)
+    check(ValueError, lambda: plain(x, resets=torch.zeros(2, 5, dtype=torch.bool)), "resets")
+    check(ValueError, lambda: plain(x, step_scale=scale), "step_scale", "time_input")
+    check(ValueError, lambda: timed(x), "step_scale", "time_input=True")
+    check(ValueError, lambda: timed(x, step_scale=scale[:, :4]), "step_scale", "[B=2, L=5]", "[2, 4]")
+    check(ValueError, lambda: RNNModel("gru", 3, vocab_size=4), "exactly one of embed_dim")
+    check(ValueError, lambda: RNNModel("gru", 4, encoder="conv"), "6×6")
+    assert not torch.equal(timed(x, step_scale=scale), timed(x, step_scale=2 * scale))  # the gaps are read

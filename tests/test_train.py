@@ -138,6 +138,14 @@ def test_pendulum_conv_encoder_through_the_cli(tmp_path, capsys):
     def cfg(*flags):
         return resolve_config(build_parser().parse_args(["train", "--task", "pendulum", *flags]))
 
+    lstm = tmp_path / "lstm"  # the baseline reads the frames with the same CNN
+    args = ["train", "--task", "pendulum", "--size", "tiny", "--epochs", "1", "--quiet", "--model", "lstm",
+            "--image_shape", "24x24", "--hidden_size", "8", "--run_dir", str(lstm)]  # fmt: skip
+    assert main(args) == 0
+    _, baseline, _ = load_run(lstm)
+    assert isinstance(baseline.encoder, ConvEncoder) and baseline.encoder.image_shape == (24, 24)
+    assert baseline.time_input and baseline.rnn.input_size == 9  # H and the time since the previous frame
+
     assert cfg("--image_shape", "24x24")["image_shape"] == [24, 24]
     assert cfg("--encoder", "linear")["encoder"] == "linear"
     with pytest.raises(SystemExit):

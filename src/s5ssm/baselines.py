@@ -2,9 +2,11 @@
 
     x (B, L, embed_dim) float or (B, L) tokens -> encoder -> num_layers RNN -> pooling -> head
 
-forward(x, *, mask=None, step_scale=None, resets=None): step_scale and resets have no
-meaning for a plain RNN and are rejected when given; with right padding, "last" pooling
-reads each sequence's last valid step (the RNN has not seen the padding there yet).
+forward(x, *, mask=None, step_scale=None, resets=None): resets have no meaning for a plain
+RNN and are rejected. step_scale (B, L), the time since the previous step, is an extra RNN
+input when the model is built with time_input=True (irregular sampling: the usual RNN
+baseline, GRU-Δt in the CRU paper) and rejected otherwise. With right padding, "last"
+pooling reads each sequence's last valid step (the RNN has not seen the padding there yet).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import expect_bool_mask, expect_tensor
+from ._checks import expect_bool_mask, expect_shape, expect_tensor
+from .encoders import build_encoder
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RNNModel(nn.Module):
-    """A stacked LSTM or GRU with S5Model's encoder, pooling and head."""
+    """A stacked LSTM or GRU with S5Model's encoder ("linear" or "conv", Embedding for
+    tokens; s5ssm.encoders), pooling and head."""
 
     def __init__(
         self,
@@ -29,30 +33,42 @@ class RNNModel(nn.Module):
         dropout: float = 0.0,
         *,
         vocab_size: int | None = None,
+        encoder: str = "linear",
+        image_shape: tuple[int, int] | None = None,
         output_dim: int | None = None,
         pooling: str = "last",
+        time_input: bool = False,
     ) -> None:
         super().__init__()
         if cell not in RNNS:
             raise ValueError(f"cell must be one of {sorted(RNNS)}, got {cell!r}")
-        if (embed_dim is None) == (vocab_size is None):
-            raise ValueError("give exactly one of embed_dim and vocab_size")
         if pooling not in ("last", "mean", "none"):
             raise ValueError(f"pooling must be 'last', 'mean' or 'none', got {pooling!r}")
         self.config = dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers,
-                           dropout=dropout, vocab_size=vocab_size, output_dim=output_dim, pooling=pooling)  # fmt: skip
+                           dropout=dropout, vocab_size=vocab_size, encoder=encoder, image_shape=image_shape,
+                           output_dim=output_dim, pooling=pooling, time_input=time_input)  # fmt: skip
         self.pooling = pooling
-        self.encoder = nn.Embedding(vocab_size, hidden_size) if vocab_size else nn.Linear(embed_dim, hidden_size)
-        self.rnn = RNNS[cell](hidden_size, hidden_size, num_layers, batch_first=True,
+        self.time_input = time_input
+        self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape)
+        self.rnn = RNNS[cell](hidden_size + int(time_input), hidden_size, num_layers, batch_first=True,
                               dropout=dropout if num_layers > 1 else 0.0)  # fmt: skip
         self.head = nn.Linear(hidden_size, output_dim) if output_dim else None
 
     def forward(self, x: torch.Tensor, *, mask=None, step_scale=None, resets=None) -> torch.Tensor:
         """x: (B, L, embed_dim) or (B, L) tokens; mask bool (B, L). Returns (B, out) or (B, L, out)."""
         x = expect_tensor("x", x)
-        if step_scale is not None or resets is not None:
-            raise ValueError("step_scale/resets: an RNN baseline has no notion of time steps or resets")
-        h, _ = self.rnn(self.encoder(x))
+        if resets is not None:
+            raise ValueError("resets: an RNN baseline has no notion of resets")
+        h = self.encoder(x)
+        if self.time_input:
+            if step_scale is None:
+                raise ValueError("step_scale: an RNN built with time_input=True needs the time since the previous step (B, L)")
+            step_scale = expect_tensor("step_scale", step_scale)
+            expect_shape("step_scale", step_scale, x.shape[:2], "BL")
+            h = torch.cat([h, step_scale.to(h.dtype)[..., None]], dim=-1)
+        elif step_scale is not None:
+            raise ValueError("step_scale: this RNN baseline was built without time_input, so it has no use for time steps")
+        h, _ = self.rnn(h)
         if mask is not None:
             expect_bool_mask("mask", mask, x.shape[0], x.shape[1])
         if self.pooling == "mean":

@@ -61,6 +61,31 @@ def conv_image_shape(embed_dim: int, image_shape: Sequence[int] | None) -> tuple
     return h, w
 
 
+def build_encoder(
+    kind: str, hidden_size: int, embed_dim: int | None, vocab_size: int | None, image_shape: Sequence[int] | None
+) -> nn.Module:
+    """The input encoder of S5Model and the RNN baselines, (B, L, embed_dim) or (B, L)
+    tokens -> (B, L, hidden_size): Embedding(vocab_size) for tokens, else Linear(embed_dim)
+    ("linear") or ConvEncoder ("conv"). Exactly one of embed_dim and vocab_size."""
+    if (embed_dim is None) == (vocab_size is None):
+        raise ValueError(
+            f"give exactly one of embed_dim (float inputs) and vocab_size (token inputs), "
+            f"got embed_dim={embed_dim}, vocab_size={vocab_size}"
+        )
+    if kind not in ENCODERS:
+        raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
+    if kind == "conv" and vocab_size is not None:
+        raise ValueError("encoder='conv' reads float images (embed_dim), not tokens (vocab_size)")
+    if image_shape is not None and kind != "conv":
+        raise ValueError(f"image_shape is only used with encoder='conv', got image_shape={image_shape!r} "
+                         f"with encoder={kind!r}")  # fmt: skip
+    if vocab_size is not None:
+        return nn.Embedding(vocab_size, hidden_size)
+    if kind == "conv":
+        return ConvEncoder(conv_image_shape(embed_dim, image_shape), hidden_size)
+    return nn.Linear(embed_dim, hidden_size)
+
+
 class ConvEncoder(nn.Module):
     """Per-frame CNN, (..., h·w) -> (..., hidden_size) (module docstring).
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
 from .block import S5Block
-from .encoders import ENCODERS, ConvEncoder, conv_image_shape
+from .encoders import build_encoder
 from .io import atomic_write_text, load_safetensors, save_safetensors
 from .streaming import CompiledStep, StreamCache, compiled_step_for
 
@@ -118,18 +118,9 @@ class S5Model(nn.Module):
     ) -> None:
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        if (embed_dim is None) == (vocab_size is None):
-            raise ValueError(
-                f"give exactly one of embed_dim (float inputs) and vocab_size (token inputs), "
-                f"got embed_dim={embed_dim}, vocab_size={vocab_size}"
-            )
-        if encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
-        if encoder == "conv" and vocab_size is not None:
-            raise ValueError("encoder='conv' reads float images (embed_dim), not tokens (vocab_size)")
-        if image_shape is not None and encoder != "conv":
-            raise ValueError(f"image_shape is only used with encoder='conv', got image_shape={image_shape!r} "
-                             f"with encoder={encoder!r}")  # fmt: skip
+        self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape)
+        if image_shape is not None:  # a tuple, whether given as one or read back from config.json as a list
+            self.config["image_shape"] = tuple(image_shape)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if num_layers < 1:
@@ -142,14 +133,6 @@ class S5Model(nn.Module):
         self.window_size = window_size
         self.pooling = pooling
         self.bidirectional = bidirectional
-        if vocab_size is not None:
-            self.encoder: nn.Module = nn.Embedding(vocab_size, hidden_size)
-        elif encoder == "conv":
-            self.encoder = ConvEncoder(conv_image_shape(embed_dim, image_shape), hidden_size)
-            # a tuple, whether given as one or read back from config.json as a list
-            self.config["image_shape"] = tuple(image_shape) if image_shape is not None else None
-        else:
-            self.encoder = nn.Linear(embed_dim, hidden_size)
         block_options = dict(
             norm=norm, prenorm=prenorm, activation=activation, dropout=dropout, bn_momentum=bn_momentum,
             conj_sym=conj_sym, clip_eigs=clip_eigs, bidirectional=bidirectional,

@@ -71,7 +71,7 @@ def load_data(cfg: dict) -> Data:
     if cfg.get("task"):
         task = get_task(cfg["task"], **(cfg.get("task_options") or {}))
         splits = task.make(seed=seed, size=cfg.get("size") or "default")
-        info = dict(task.info)
+        info = dict(task.info, timestamps=splits["train"].timestamps is not None)
     else:
         path = Path(cfg["data"])
         train, info = load_file(path)
@@ -96,8 +96,10 @@ def build_model(cfg: dict, info: dict) -> torch.nn.Module:
         options = {k: cfg[k] for k in S5_OPTIONS if k in cfg}
         options["pooling"] = pooling
         return S5Model(**inputs, output_dim=info["output_dim"], **options)
+    encoder = {k: cfg[k] for k in ("encoder", "image_shape") if k in cfg}
     return RNNModel(cfg["model"], **inputs, hidden_size=cfg["hidden_size"], num_layers=cfg["num_layers"],
-                    dropout=cfg["dropout"], output_dim=info["output_dim"], pooling=pooling)  # fmt: skip
+                    dropout=cfg["dropout"], output_dim=info["output_dim"], pooling=pooling,
+                    time_input=bool(info.get("timestamps")), **encoder)  # fmt: skip
 
 
 S5_OPTIONS = (
