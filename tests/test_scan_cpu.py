@@ -95,12 +95,21 @@ def test_torch_compile_fullgraph_forward_and_backward():
 @settings(max_examples=25, deadline=None)
 @given(
     batch=st.integers(1, 4),
-    length=st.integers(1, 37),
+    length=st.integers(1, 100),
     size=st.integers(1, 40),
     varying=st.booleans(),
     reverse=st.booleans(),
 )
 def test_property_random_shapes(batch, length, size, varying, reverse):
+    """Values and gradients, at lengths across the backward's blocks of time steps (cpu._BLOCK)."""
     shape = (batch, length, size) if varying else (size,)
     lam, bu, s0, r = random_inputs(shape, batch, length, size, seed=batch * 1000 + length)
-    torch.testing.assert_close(cpu.scan(lam, bu, s0, reverse, r), reference.scan(lam, bu, s0, reverse, r), rtol=1e-12, atol=1e-12)
+    leaves = [t.requires_grad_() for t in (lam, bu, s0)]
+    weight = torch.randn(batch, length, size, dtype=bu.dtype, generator=torch.Generator().manual_seed(length))
+    outs, grads = [], []
+    for fn in (cpu.scan, reference.scan):
+        outs.append(fn(lam, bu, s0, reverse, r))
+        grads.append(torch.autograd.grad((outs[-1] * weight).real.sum(), leaves))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

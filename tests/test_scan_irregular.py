@@ -92,8 +92,9 @@ def test_polynomial_special_values(dtype):
 
 # ---------------------------------------------------------------------------- the fused function
 @pytest.mark.parametrize("method,reverse,with_resets,with_state", list(itertools.product(RULES, [False, True], [False, True], [False, True])))  # fmt: skip
-def test_values_and_gradients_equal_the_unfused_path(method, reverse, with_resets, with_state):
-    lam, delta, scale, v, x0, resets = inputs()
+@pytest.mark.parametrize("length", [L, 75])  # 75: across the backward's blocks of time steps (_BLOCK)
+def test_values_and_gradients_equal_the_unfused_path(method, reverse, with_resets, with_state, length):
+    lam, delta, scale, v, x0, resets = inputs(L=length)
     resets = resets if with_resets else None
     args = [t.requires_grad_() for t in (lam, delta, scale, v, x0)]
     if not with_state:
