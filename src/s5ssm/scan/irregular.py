@@ -47,7 +47,9 @@ from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect
 from .cpu import _flags, _splits
 
 METHODS = ("zoh", "bilinear")
-_BLOCK = 32  # time steps per block of a backwards walk, staged through buffers
+# Time steps per block of a backwards walk, staged through buffers. The same value as
+# cpu._BLOCK, but defined here: numba freezes globals into the cache of this file's kernels.
+_BLOCK = 32
 _FLAGS = {"contract"}  # fused multiply-adds (one rounding instead of two); no other fast-math
 
 
