@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s5ssm import S5SSM
+from s5ssm.scan import cpu_layer
 from conftest import naive_ssm
 
 C_INITS = ["trunc_standard_normal", "lecun_normal", "complex_normal"]
@@ -453,6 +454,22 @@ def test_fused_cpu_core_equals_the_separate_ops_with_gradients(scale_kind, bidir
              *(n for n, _ in layer.named_parameters())]  # fmt: skip
     for name, want, got in zip(names, results["reference"], results["auto"], strict=True):
         torch.testing.assert_close(got, want, **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rows", [1, 15, 17, 1000])  # fewer rows than chunks, and many per chunk
+def test_fused_cpu_core_skip_backward_equals_its_reference(dtype, rows):
+    """The D-term's backward kernel (d D = Σ grad_y ⊙ u, d u = grad_y ⊙ D) against torch ops."""
+    g = torch.Generator().manual_seed(rows)
+    grad_y = torch.randn(1, rows, 6, dtype=dtype, generator=g)
+    u = torch.randn(1, 6, rows, dtype=dtype, generator=g).transpose(1, 2)  # not contiguous
+    d = torch.randn(6, dtype=dtype, generator=g)
+    d_d, d_u = cpu_layer._skip_backward(grad_y, u, d, True)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d_d, (grad_y * u).sum((0, 1)), **tol)
+    torch.testing.assert_close(d_u, grad_y * d, rtol=0, atol=0)
+    assert d_d.dtype == dtype
+    assert cpu_layer._skip_backward(grad_y, u, d, False)[1] is None
 
 
 def test_fused_cpu_core_under_inference_mode_and_torch_compile():

@@ -7,9 +7,12 @@ irregular_scan) -> S5SSM._project_out (what every other case runs, and what the 
 compare this with). Autograd cannot reuse a buffer across those ops; one Function can:
 
     forward   B̄u is written by one GEMM; a time-invariant scan overwrites it with its
-              states (the irregular scan keeps it: its backward needs B~u);
+              states (the irregular scan keeps it: its backward needs B~u); y starts as
+              D ⊙ u and each direction's output GEMM adds into it (beta = 1);
     backward  dx_d = grad_y C_d lands in a buffer of our own, and the reverse scan turns it
-              into d(B̄u) in place; the GEMMs then give dB̄, du and dC from it.
+              into d(B̄u) in place; the GEMMs then give dB̄, du and dC from it. The D term
+              takes one compiled pass over grad_y and u (_skip_backward: dD, and grad_y ⊙ D
+              for du's GEMM to add into) instead of four elementwise ops.
 
 A unidirectional layer's forward+backward peaks at 4 tensors of the states' size with a
 scalar step_scale (5 with the separate ops) and 5 with a per-step one (6); `s5ssm bench`,
@@ -23,10 +26,15 @@ initial_state complex (B, P) or None; resets, reverse_resets, padding bool (B, L
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import prange
 
 from . import cpu, irregular
+
+_SKIP_CHUNKS = 16  # row chunks of the D-term's backward (fixed: the sum's order does not depend on the threads)
 
 
 class Invariant:
@@ -88,10 +96,44 @@ def _forward(scan, params, u, w_in, d, initial_state, resets, reverse_resets, pa
     states = [scan.forward(params, bu, initial_state, resets, False, in_place=not (two or scan.keeps_input))]
     if two:
         states.append(scan.forward(params, bu, None, reverse_resets, True, in_place=not scan.keeps_input))
-    y = F.linear(_real(states[0]), w_outs[0]).addcmul_(u, d)
-    if two:
-        y.flatten(0, 1).addmm_(_real(states[1]).flatten(0, 1), w_outs[1].t())
+    y = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    torch.mul(u, d, out=y)  # D ⊙ u first: each GEMM then adds into y (beta = 1), no extra pass
+    for w, x in zip(w_outs, states):
+        y.flatten(0, 1).addmm_(_real(x).flatten(0, 1), w.t())
     return y, (bu if scan.keeps_input else None), states
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _skip_backward_kernel(g, u, d, d_u, partial):  # pragma: no cover - compiled
+    """g, u (N, H); d (H,); d_u (N, H) or (0, H); partial (chunks, H) float64 zeros.
+    d_u = g ⊙ d (when it has rows) and partial[c] = Σ_{n in chunk c} g ⊙ u, in one read of g and u."""
+    rows, width = g.shape
+    chunks = partial.shape[0]
+    per = (rows + chunks - 1) // chunks
+    for c in prange(chunks):
+        acc = partial[c]
+        for n in range(c * per, min(rows, (c + 1) * per)):
+            g_row, u_row = g[n], u[n]
+            for h in range(width):
+                acc[h] += g_row[h] * u_row[h]
+            if d_u.shape[0] > 0:
+                out = d_u[n]
+                for h in range(width):
+                    out[h] = g_row[h] * d[h]
+
+
+def _skip_backward(grad_y: torch.Tensor, u: torch.Tensor, d: torch.Tensor, with_input: bool):
+    """(d D real (H,), grad_y ⊙ D real (B, L, H) or None) for y = ... + D ⊙ u.
+    Reference: ((grad_y * u).sum over (B, L), grad_y * d)."""
+    g, x = grad_y.contiguous(), u.contiguous()
+    d_u = torch.empty_like(g) if with_input else g.new_empty(0, g.shape[-1])
+    partial = np.zeros((_SKIP_CHUNKS, g.shape[-1]))
+    _skip_backward_kernel(
+        g.flatten(0, -2).numpy(), x.flatten(0, -2).numpy(), d.detach().contiguous().numpy(),
+        d_u.flatten(0, -2).numpy(), partial,
+    )  # fmt: skip
+    d_d = torch.from_numpy(partial.sum(0)).to(d.dtype)
+    return d_d, (d_u if with_input else None)
 
 
 class _Core(torch.autograd.Function):
@@ -110,7 +152,6 @@ class _Core(torch.autograd.Function):
         params, w_outs, states = rest[:n], rest[n : n + directions], rest[n + directions :]
         grad_y = grad_y.contiguous()
         rows = grad_y.flatten(0, 1)  # (B·L, H)
-        d_d = (grad_y * u).flatten(0, 1).sum(0)  # first: its temporary is gone before dx exists
         d_params, d_init, d_bu, d_w_outs = None, None, None, []
         for direction, (w, x) in enumerate(zip(w_outs, states)):
             d_w_outs.append(rows.t() @ _real(x).flatten(0, 1))
@@ -127,7 +168,9 @@ class _Core(torch.autograd.Function):
         if padding is not None:
             d_bu.mul_(padding[..., None])
         d_w_in = d_bu.flatten(0, 1).t() @ u.flatten(0, 1)
-        d_u = F.linear(d_bu, w_in.t()).addcmul_(grad_y, d) if ctx.needs_input_grad[2] else None
+        d_d, d_u = _skip_backward(grad_y, u, d, ctx.needs_input_grad[2])  # last: d_u is new memory
+        if d_u is not None:
+            d_u.flatten(0, 1).addmm_(d_bu.flatten(0, 1), w_in)
         return None, None, d_u, d_w_in, d_d, d_init, None, None, None, *d_params, *d_w_outs
 
 
