@@ -45,10 +45,15 @@ def expect_same_device(name: str, tensor: torch.Tensor, reference: torch.Tensor)
         raise ValueError(f"{name} is on {tensor.device}, expected {reference.device}")
 
 
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing the code that calls this."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
 def checks_enabled() -> bool:
     """Data-dependent checks (NaN, sign) are skipped while torch.compile traces."""
-    compiler = getattr(torch, "compiler", None)
-    return not (compiler is not None and compiler.is_compiling())
+    return not is_compiling()
 
 
 def expect_finite(name: str, tensor: torch.Tensor) -> None:

@@ -28,6 +28,7 @@ from ._checks import (
     expect_shape,
     expect_tensor,
     checks_enabled,
+    is_compiling,
 )
 from .discretize import METHODS, discretize, step_sizes
 from .scan import cpu_layer, linear_scan, resolve_backend
@@ -35,11 +36,6 @@ from .scan.irregular import irregular_scan
 
 FLOATS = (torch.float32, torch.float64)
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling and is_compiling())
 
 
 def is_right_padded(mask: torch.Tensor) -> bool:
@@ -330,7 +326,7 @@ class S5SSM(nn.Module):
         """(scan, input weight) for scan.cpu_layer (projections and scans in one autograd
         Function), or None where forward runs the separate ops: another backend, a
         per-sequence step_scale (B,), or torch.compile (which sees the registered ops)."""
-        if resolve_backend(self.scan_backend, u.device) != "cpu" or _is_compiling():
+        if resolve_backend(self.scan_backend, u.device) != "cpu" or is_compiling():
             return None
         if not isinstance(step_scale, torch.Tensor):
             lambda_bar, gamma = self.discretized(step_scale)
