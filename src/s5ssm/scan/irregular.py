@@ -44,11 +44,13 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor, is_compiling
-from .cpu import _flags, _splits
+from .cpu import _copy_rows, _flags, _splits, _write_rows
 
 METHODS = ("zoh", "bilinear")
-# Time steps per block of a backwards walk, staged through buffers. The same value as
-# cpu._BLOCK, but defined here: numba freezes globals into the cache of this file's kernels.
+# Time steps per block of a backwards walk, staged through buffers (cpu._copy_rows and
+# cpu._write_rows). The same value as cpu._BLOCK, but defined here: numba's cache of this
+# file's kernels keeps the globals, and the cpu.py helpers they inline, as they were when
+# compiled, and is refreshed only when this file changes.
 _BLOCK = 32
 _FLAGS = {"contract"}  # fused multiply-adds (one rounding instead of two); no other fast-math
 
@@ -272,56 +274,55 @@ def _step_row(lam_bar, gamma, x_prev, v, out):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _adjoint_row(grad, gamma, carry, d_v):  # pragma: no cover - compiled
-    """g = dx + conj(Λ̄_next) g_next (carry in), stored into carry; d v = conj(γ) g."""
-    for j in range(carry.shape[0]):
-        g = grad[j] + carry[j]
-        carry[j] = g
-        d_v[j] = np.conj(gamma[j]) * g
+def _zoh_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, acc, d_v):  # pragma: no cover - compiled
+    """One step of the adjoint and the ZOH chain rule on a row, in one pass.
 
-
-@numba.njit(inline="always")
-def _zoh_gradient_row(lam, s, v, x_prev, lam_bar, gamma, carry, acc, d_w):  # pragma: no cover - compiled
-    """Accumulate the ZOH chain rule of one row; carry: g in, conj(Λ̄) g out.
-
-    With dΛ̄ = g conj(x_prev), dγ = g conj(v), t1 = conj(Λ̄) dΛ̄, t2 = conj(Λ̄) dγ and
+    g = dx + carry (carry: conj(Λ̄_next) g_next), d v = conj(γ) g (d_v may be grad: each
+    element is read before it is written), then carry = c = conj(Λ̄) g. With dΛ̄ = g conj(x_prev),
+    dγ = g conj(v), t1 = conj(Λ̄) dΛ̄ = c conj(x_prev), t2 = conj(Λ̄) dγ = c conj(v) and
     ∂Λ̄/∂Λ = wΛ̄, ∂Λ̄/∂w = ΛΛ̄, ∂γ/∂Λ = (wΛ̄ - γ)/Λ, ∂γ/∂w = Λ̄ (w = Δs), PyTorch's
     convention gives dΛ += w t1 + conj(1/Λ)(w t2 - conj(γ) dγ), dw = Re(conj(Λ) t1 + t2).
-    Λ and Δ are constant per state, so acc sums s·t1, s·t2, conj(γ)dγ over the steps and
-    `_finalize` applies Λ, Δ once. d_w (n,) receives dw for the gradient of s.
+    Λ and Δ are constant per state, so acc sums s·t1, s·t2, conj(γ) dγ = (d v) conj(v) over
+    the steps and `_finalize` applies Λ, Δ once. Returns Σ_j dw_j Δ_j, the gradient of s.
     """
+    d_s = 0.0
     for j in range(carry.shape[0]):
-        g = carry[j]
-        lam_bar_conj = np.conj(lam_bar[j])
-        d_gamma = g * np.conj(v[j])
-        t1 = lam_bar_conj * (g * np.conj(x_prev[j]))
-        t2 = lam_bar_conj * d_gamma
+        g = grad[j] + carry[j]
+        dv = np.conj(gamma[j]) * g
+        d_v[j] = dv
+        c = np.conj(lam_bar[j]) * g
+        t1 = c * np.conj(x_prev[j])
+        t2 = c * np.conj(v[j])
         acc[0, j] += s * t1
         acc[1, j] += s * t2
-        acc[2, j] += np.conj(gamma[j]) * d_gamma
-        d_w[j] = (np.conj(lam[j]) * t1 + t2).real
-        carry[j] = lam_bar_conj * g
+        acc[2, j] += dv * np.conj(v[j])
+        d_s += (np.conj(lam[j]) * t1 + t2).real * delta[j]
+        carry[j] = c
+    return d_s
 
 
 @numba.njit(inline="always")
-def _bilinear_gradient_row(lam, s, v, x_prev, lam_bar, carry, acc, d_w):  # pragma: no cover - compiled
-    """As `_zoh_gradient_row` for the bilinear rule.
+def _bilinear_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, acc, d_v):  # pragma: no cover
+    """As `_zoh_adjoint_row` for the bilinear rule.
 
     With inv = 1/(1 - wΛ/2) = (Λ̄ + 1)/2: ∂Λ̄/∂Λ = w·inv², ∂Λ̄/∂w = Λ·inv², ∂γ/∂Λ = (w²/2)·inv²,
-    ∂γ/∂w = inv². With q = conj(inv²), q1 = q dΛ̄, q2 = q dγ: dΛ += w q1 + (w²/2) q2 and
-    dw = Re(conj(Λ) q1 + q2); acc sums s·q1, s·q2, (s²/2)·q2.
+    ∂γ/∂w = inv². With q = conj(inv²), q1 = q dΛ̄ = (q g) conj(x_prev), q2 = q dγ = (q g) conj(v):
+    dΛ += w q1 + (w²/2) q2 and dw = Re(conj(Λ) q1 + q2); acc sums s·q1, s·q2, (s²/2)·q2.
     """
+    d_s = 0.0
     for j in range(carry.shape[0]):
-        g = carry[j]
+        g = grad[j] + carry[j]
+        d_v[j] = np.conj(gamma[j]) * g
         inv = 0.5 * (lam_bar[j] + 1.0)
-        q = np.conj(inv * inv)
-        q1 = q * (g * np.conj(x_prev[j]))
-        q2 = q * (g * np.conj(v[j]))
+        qg = np.conj(inv * inv) * g
+        q1 = qg * np.conj(x_prev[j])
+        q2 = qg * np.conj(v[j])
         acc[0, j] += s * q1
         acc[1, j] += s * q2
         acc[2, j] += (0.5 * s * s) * q2
-        d_w[j] = (np.conj(lam[j]) * q1 + q2).real
+        d_s += (np.conj(lam[j]) * q1 + q2).real * delta[j]
         carry[j] = np.conj(lam_bar[j]) * g
+    return d_s
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -346,14 +347,12 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
 
 
 @numba.njit(inline="always")
-def _adjoint_step(lam, s, zoh, lam_bar, gamma, grad, v, x_prev, carry, sums, d_w, d_v):  # pragma: no cover
-    """One step of the adjoint on rows of P_block: g = dx + carry; d v = conj(γ) g (d_v may be
-    grad); the ZOH or bilinear gradient rows into sums and d_w; carry = conj(Λ̄) g."""
-    _adjoint_row(grad, gamma, carry, d_v)
+def _adjoint_step(lam, delta, s, zoh, lam_bar, gamma, grad, v, x_prev, carry, sums, d_v):  # pragma: no cover
+    """One step of the adjoint on rows of P_block (the ZOH or bilinear row above); returns
+    this block's share of the gradient of s."""
     if zoh:
-        _zoh_gradient_row(lam, s, v, x_prev, lam_bar, gamma, carry, sums, d_w)
-    else:
-        _bilinear_gradient_row(lam, s, v, x_prev, lam_bar, carry, sums, d_w)
+        return _zoh_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, sums, d_v)
+    return _bilinear_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, sums, d_v)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
@@ -381,22 +380,18 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
         zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
         carry = np.zeros(hi - lo, dtype=np.complex128)  # conj(Λ̄_{k+1}) g_{k+1}
         sums = np.zeros((3, hi - lo), dtype=np.complex128)
-        d_w = np.empty(hi - lo, dtype=np.float64)  # dL/dw of this step, w = Δ s
         rows_buf = _BLOCK if staged else 0
         g_buf = np.empty((rows_buf, hi - lo), dtype=v.dtype)  # dx in, d v out
         v_buf = np.empty((rows_buf, hi - lo), dtype=v.dtype)
         x_buf = np.empty((rows_buf, hi - lo), dtype=v.dtype)  # x_{k-1}
+        start = init[b, lo:hi]  # x_{-1}
         for q in range(blocks):
             k0 = (q if reverse else blocks - 1 - q) * _BLOCK
             rows = min(_BLOCK, length - k0)
             if staged:
-                g_buf[:rows] = grad[b, k0 : k0 + rows, lo:hi]
-                v_buf[:rows] = v[b, k0 : k0 + rows, lo:hi]
-                if k0 == 0:
-                    x_buf[0] = init[b, lo:hi]
-                    x_buf[1:rows] = states[b, 0 : rows - 1, lo:hi]
-                else:
-                    x_buf[:rows] = states[b, k0 - 1 : k0 + rows - 1, lo:hi]
+                _copy_rows(grad, b, k0, rows, lo, hi, start, g_buf)
+                _copy_rows(v, b, k0, rows, lo, hi, start, v_buf)
+                _copy_rows(states, b, k0 - 1, rows, lo, hi, start, x_buf)
             for i in range(rows):
                 r = i if reverse else rows - 1 - i  # against the scan's direction
                 k = k0 + r
@@ -404,20 +399,17 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
                 _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma)
                 if staged:
                     x_prev = zeros if resets[b, k] else x_buf[r]
-                    _adjoint_step(lam[lo:hi], s, zoh, lam_bar, gamma, g_buf[r], v_buf[r], x_prev, carry, sums,
-                                  d_w, g_buf[r])  # fmt: skip
+                    d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, g_buf[r], v_buf[r], x_prev,
+                                        carry, sums, g_buf[r])  # fmt: skip
                 else:
                     x_prev = zeros if resets[b, k] else (init[b, lo:hi] if k == length - 1 else states[b, k + 1, lo:hi])
-                    _adjoint_step(lam[lo:hi], s, zoh, lam_bar, gamma, grad[b, k, lo:hi], v[b, k, lo:hi], x_prev,
-                                  carry, sums, d_w, d_v[b, k, lo:hi])  # fmt: skip
+                    d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, grad[b, k, lo:hi],
+                                        v[b, k, lo:hi], x_prev, carry, sums, d_v[b, k, lo:hi])  # fmt: skip
                 if resets[b, k]:
                     carry[:] = 0
-                d_s = 0.0
-                for j in range(hi - lo):
-                    d_s += d_w[j] * delta[lo + j]
                 d_scale[split, b, k] = d_s
             if staged:
-                d_v[b, k0 : k0 + rows, lo:hi] = g_buf[:rows]
+                _write_rows(g_buf, rows, d_v, b, k0, lo, hi)
         acc[b, :, lo:hi] = sums
         d_init[b, lo:hi] = carry
 
@@ -434,7 +426,7 @@ def _arrays(Lambda, delta, scale, initial_state, v):
 
 def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh: bool):
     """(dΛ complex (P,), dΔ real (P,)) from the kernel's sums acc (3, P) complex128
-    (`_zoh_gradient_row`, `_bilinear_gradient_row`), in float64 until the final cast."""
+    (`_zoh_adjoint_row`, `_bilinear_adjoint_row`), in float64 until the final cast."""
     lam, step = Lambda.detach().to(torch.complex128), delta.detach().to(torch.float64)
     first, second, third = acc
     if zoh:
