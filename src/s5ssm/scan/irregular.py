@@ -267,10 +267,12 @@ def _discretize_row(lam, inv_lam, delta, s, zoh, lam_bar, gamma):  # pragma: no 
 
 
 @numba.njit(inline="always")
-def _step_row(lam_bar, gamma, x_prev, v, out):  # pragma: no cover - compiled
-    """out = Λ̄ x_prev + γ v: one step of the recurrence."""
+def _step_row(lam_bar, gamma, x, v, out):  # pragma: no cover - compiled
+    """x = out = Λ̄ x + γ v: one step of the recurrence (out may be v)."""
     for j in range(out.shape[0]):
-        out[j] = lam_bar[j] * x_prev[j] + gamma[j] * v[j]
+        y = lam_bar[j] * x[j] + gamma[j] * v[j]
+        x[j] = y
+        out[j] = y
 
 
 @numba.njit(inline="always")
@@ -328,22 +330,36 @@ def _bilinear_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry,
 # ---------------------------------------------------------------------------- kernels
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
 def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, splits, out):  # pragma: no cover
-    """out (B, L, P): the states. lam, inv_lam, delta (P,) as in the row functions."""
+    """out (B, L, P): the states. lam, inv_lam, delta (P,) as in the row functions. A
+    reverse scan goes block by block through a buffer (as in scan/cpu.py)."""
     batch, length, size = v.shape
     width = (size + splits - 1) // splits
+    blocks = (length + _BLOCK - 1) // _BLOCK
     for task in prange(batch * splits):
         b = task // splits
         lo = (task % splits) * width
         hi = min(size, lo + width)
         lam_bar = np.empty(hi - lo, dtype=v.dtype)
         gamma = np.empty(hi - lo, dtype=v.dtype)
-        zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
-        for i in range(length):
-            k = length - 1 - i if reverse else i
-            prev = k + 1 if reverse else k - 1
-            _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], scale[b, k], zoh, lam_bar, gamma)
-            x_prev = zeros if resets[b, k] else (init[b, lo:hi] if i == 0 else out[b, prev, lo:hi])
-            _step_row(lam_bar, gamma, x_prev, v[b, k, lo:hi], out[b, k, lo:hi])
+        x = init[b, lo:hi].copy()  # the carried state
+        buf = np.empty((_BLOCK if reverse else 0, hi - lo), dtype=v.dtype)  # v in, states out
+        for q in range(blocks):
+            k0 = (blocks - 1 - q if reverse else q) * _BLOCK
+            rows = min(_BLOCK, length - k0)
+            if reverse:
+                _copy_rows(v, b, k0, rows, lo, hi, x, buf)
+            for i in range(rows):
+                r = rows - 1 - i if reverse else i
+                k = k0 + r
+                _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], scale[b, k], zoh, lam_bar, gamma)
+                if resets[b, k]:
+                    x[:] = 0
+                if reverse:
+                    _step_row(lam_bar, gamma, x, buf[r], buf[r])
+                else:
+                    _step_row(lam_bar, gamma, x, v[b, k, lo:hi], out[b, k, lo:hi])
+            if reverse:
+                _write_rows(buf, rows, out, b, k0, lo, hi)
 
 
 @numba.njit(inline="always")
