@@ -331,21 +331,16 @@ else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still wor
     _forward_op, _backward_op = _forward_impl, _backward_impl
 
 
-def _forward(*args):
+def _op_or_impl(op, impl):
     """The registered op while torch.compile traces (it must not trace into numba), else the
     plain function: the op's dispatch costs ~0.1 ms a call in eager mode."""
-    return (_forward_op if is_compiling() else _forward_impl)(*args)
-
-
-def _backward(*args):
-    """As _forward, for the backward kernel."""
-    return (_backward_op if is_compiling() else _backward_impl)(*args)
+    return op if is_compiling() else impl
 
 
 class _Scan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lambda_bar, bu, initial_state, resets, reverse):
-        states = _forward(lambda_bar, bu, initial_state, resets, reverse)
+        states = _op_or_impl(_forward_op, _forward_impl)(lambda_bar, bu, initial_state, resets, reverse)
         ctx.save_for_backward(lambda_bar, states, initial_state, resets)
         ctx.reverse = reverse
         return states
@@ -353,7 +348,8 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         lambda_bar, states, initial_state, resets = ctx.saved_tensors
-        d_lam, d_bu, d_init = _backward(lambda_bar, states, initial_state, resets, ctx.reverse, grad)
+        backward = _op_or_impl(_backward_op, _backward_impl)
+        d_lam, d_bu, d_init = backward(lambda_bar, states, initial_state, resets, ctx.reverse, grad)
         return d_lam, d_bu, d_init if initial_state is not None else None, None, None
 
 
@@ -369,5 +365,5 @@ def scan(
         t is not None and t.requires_grad for t in (lambda_bar, bu, initial_state)
     )
     if not needs_grad:
-        return _forward(lambda_bar, bu, initial_state, resets, reverse)
+        return _op_or_impl(_forward_op, _forward_impl)(lambda_bar, bu, initial_state, resets, reverse)
     return _Scan.apply(lambda_bar, bu, initial_state, resets, reverse)

@@ -43,8 +43,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
 
-from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor, is_compiling
-from .cpu import _copy_rows, _flags, _splits, _write_rows
+from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
+from .cpu import _copy_rows, _flags, _op_or_impl, _splits, _write_rows
 
 METHODS = ("zoh", "bilinear")
 # Time steps per block of a backwards walk, staged through buffers (cpu._copy_rows and
@@ -418,7 +418,7 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
                     d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, g_buf[r], v_buf[r], x_prev,
                                         carry, sums, g_buf[r])  # fmt: skip
                 else:
-                    x_prev = zeros if resets[b, k] else (init[b, lo:hi] if k == length - 1 else states[b, k + 1, lo:hi])
+                    x_prev = zeros if resets[b, k] else (start if k == length - 1 else states[b, k + 1, lo:hi])
                     d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, grad[b, k, lo:hi],
                                         v[b, k, lo:hi], x_prev, carry, sums, d_v[b, k, lo:hi])  # fmt: skip
                 if resets[b, k]:
@@ -529,21 +529,10 @@ else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still wor
     _forward_op, _backward_op = _forward_impl, _backward_impl
 
 
-def _forward(*args):
-    """The registered op while torch.compile traces (it must not trace into numba), else the
-    plain function: the op's dispatch costs ~0.1 ms a call in eager mode."""
-    return (_forward_op if is_compiling() else _forward_impl)(*args)
-
-
-def _backward(*args):
-    """As _forward, for the backward kernel."""
-    return (_backward_op if is_compiling() else _backward_impl)(*args)
-
-
 class _IrregularScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
-        states = _forward(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
+        states = _op_or_impl(_forward_op, _forward_impl)(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
         ctx.save_for_backward(Lambda, delta, scale, v, states, initial_state, resets)
         ctx.reverse, ctx.zoh = reverse, zoh
         return states
@@ -551,7 +540,7 @@ class _IrregularScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         Lambda, delta, scale, v, states, initial_state, resets = ctx.saved_tensors
-        d_lam, d_delta, d_scale, d_v, d_init = _backward(
+        d_lam, d_delta, d_scale, d_v, d_init = _op_or_impl(_backward_op, _backward_impl)(
             Lambda, delta, scale, v, states, initial_state, resets, ctx.reverse, ctx.zoh, grad
         )
         return d_lam, d_delta, d_scale, d_v, d_init if initial_state is not None else None, None, None, None
@@ -618,4 +607,4 @@ def irregular_scan(
     inputs = (Lambda, delta, scale, v, initial_state)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return _IrregularScan.apply(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-    return _forward(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
+    return _op_or_impl(_forward_op, _forward_impl)(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
