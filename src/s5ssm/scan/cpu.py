@@ -19,10 +19,11 @@ never gets a [B, L, P] gradient. Only the inputs and the states are saved for ba
 
 Work is split over numba's threads by sequence (and by blocks of states when there are
 fewer sequences than threads). The kernels see the complex tensors as float arrays with
-(re, im) interleaved and keep what they carry from step to step (the state, or the
-gradient carry) in two planes, real and imaginary, so the complex multiply-add is real
-arithmetic on contiguous arrays that LLVM vectorises (numba's complex type compiles to
-scalar code); every input is still read, and every output written, once.
+(re, im) interleaved, and so is what they carry from step to step (the state, or the
+gradient carry) while Λ̄ is held in two planes, real and imaginary: the complex
+multiply-add is real arithmetic that LLVM vectorises (numba's complex type compiles to
+scalar code). With the carry in planes as well (one more array in the loop) the forward
+was slower. Every input is still read, and every output written, once.
 
 A walk backwards through memory (the reverse scan, and the backward of a forward scan)
 runs ~2.5x slower than a forward one on this machine, whose prefetchers do not follow a
@@ -69,30 +70,29 @@ def _write_rows(buf, rows, dst, b, start, lo, hi):  # pragma: no cover - compile
 
 
 @numba.njit(inline="always")
-def _step(u, o, aliased, reset, x_re, x_im, l_re, l_im):  # pragma: no cover - compiled
+def _step(u, o, aliased, reset, x, l_re, l_im):  # pragma: no cover - compiled
     """One step on interleaved rows: x = u at a reset, else x = Λ̄ x + u; o = x. The state x
-    and Λ̄ are in planes (re, im). aliased: o is u (read through o, so LLVM sees one array)."""
-    n = x_re.shape[0]
+    is interleaved like the rows, Λ̄ is in planes (re, im). aliased: o is u (read through o,
+    so LLVM sees one array)."""
+    n = l_re.shape[0]
     if reset:
-        for j in range(n):
-            x_re[j] = u[2 * j]
-            x_im[j] = u[2 * j + 1]
-            o[2 * j] = x_re[j]
-            o[2 * j + 1] = x_im[j]
+        for j in range(2 * n):
+            x[j] = u[j]
+            o[j] = u[j]
     elif aliased:
         for j in range(n):
-            re = l_re[j] * x_re[j] - l_im[j] * x_im[j] + o[2 * j]
-            im = l_re[j] * x_im[j] + l_im[j] * x_re[j] + o[2 * j + 1]
-            x_re[j] = re
-            x_im[j] = im
+            re = l_re[j] * x[2 * j] - l_im[j] * x[2 * j + 1] + o[2 * j]
+            im = l_re[j] * x[2 * j + 1] + l_im[j] * x[2 * j] + o[2 * j + 1]
+            x[2 * j] = re
+            x[2 * j + 1] = im
             o[2 * j] = re
             o[2 * j + 1] = im
     else:
         for j in range(n):
-            re = l_re[j] * x_re[j] - l_im[j] * x_im[j] + u[2 * j]
-            im = l_re[j] * x_im[j] + l_im[j] * x_re[j] + u[2 * j + 1]
-            x_re[j] = re
-            x_im[j] = im
+            re = l_re[j] * x[2 * j] - l_im[j] * x[2 * j + 1] + u[2 * j]
+            im = l_re[j] * x[2 * j + 1] + l_im[j] * x[2 * j] + u[2 * j + 1]
+            x[2 * j] = re
+            x[2 * j + 1] = im
             o[2 * j] = re
             o[2 * j + 1] = im
 
@@ -112,15 +112,12 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out):  # p
         lo = (task % splits) * width
         hi = min(size, lo + width)
         n = hi - lo
-        x_re = np.empty(n, dtype=bu.dtype)  # the carried state, in planes
-        x_im = np.empty(n, dtype=bu.dtype)
+        x = np.empty(2 * n, dtype=bu.dtype)  # the carried state, interleaved
         l_re = np.empty(n, dtype=bu.dtype)
         l_im = np.empty(n, dtype=bu.dtype)
         u_buf = np.empty((_BLOCK if reverse else 0, 2 * n), dtype=bu.dtype)  # B̄u in, states out
         start = init[b, 2 * lo : 2 * hi]
-        for j in range(n):
-            x_re[j] = start[2 * j]
-            x_im[j] = start[2 * j + 1]
+        x[:] = start
         for q in range(blocks):
             k0 = (blocks - 1 - q if reverse else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
@@ -135,48 +132,46 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out):  # p
                         l_re[j] = row[2 * j]
                         l_im[j] = row[2 * j + 1]
                 if reverse:
-                    _step(u_buf[r], u_buf[r], True, resets[b, k], x_re, x_im, l_re, l_im)
+                    _step(u_buf[r], u_buf[r], True, resets[b, k], x, l_re, l_im)
                 else:
                     o = out[b, k, 2 * lo : 2 * hi]
                     u = o if in_place else bu[b, k, 2 * lo : 2 * hi]
-                    _step(u, o, in_place, resets[b, k], x_re, x_im, l_re, l_im)
+                    _step(u, o, in_place, resets[b, k], x, l_re, l_im)
             if reverse:
                 _write_rows(u_buf, rows, out, b, k0, 2 * lo, 2 * hi)
 
 
 @numba.njit(inline="always")
-def _adjoint_step(g_in, g_out, x, reset, c_re, c_im, l_re, l_im, s_re, s_im, d_row):  # pragma: no cover
+def _adjoint_step(g_in, g_out, x, reset, c, l_re, l_im, s, d_row):  # pragma: no cover - compiled
     """One step of the adjoint on interleaved rows: g = dx + carry -> g_out; at a reset the
-    carry restarts at 0, else dΛ̄ = g conj(x_prev) is added to (s_re, s_im), or written to
-    d_row when that has a row (time-varying Λ̄), and the carry becomes conj(Λ̄) g. The carry
-    and Λ̄ are in planes (re, im)."""
-    n = c_re.shape[0]
+    carry restarts at 0, else dΛ̄ = g conj(x_prev) is added to s, or written to d_row when
+    that has a row (time-varying Λ̄), and the carry becomes conj(Λ̄) g. The carry c and the
+    sum s are interleaved like the rows, Λ̄ is in planes (re, im)."""
+    n = l_re.shape[0]
     if reset:
-        for j in range(n):
-            g_out[2 * j] = g_in[2 * j] + c_re[j]
-            g_out[2 * j + 1] = g_in[2 * j + 1] + c_im[j]
-            c_re[j] = 0.0
-            c_im[j] = 0.0
+        for j in range(2 * n):
+            g_out[j] = g_in[j] + c[j]
+            c[j] = 0.0
     elif d_row.shape[0] > 0:
         for j in range(n):
-            g_re = g_in[2 * j] + c_re[j]
-            g_im = g_in[2 * j + 1] + c_im[j]
+            g_re = g_in[2 * j] + c[2 * j]
+            g_im = g_in[2 * j + 1] + c[2 * j + 1]
             g_out[2 * j] = g_re
             g_out[2 * j + 1] = g_im
             d_row[2 * j] = g_re * x[2 * j] + g_im * x[2 * j + 1]
             d_row[2 * j + 1] = g_im * x[2 * j] - g_re * x[2 * j + 1]
-            c_re[j] = l_re[j] * g_re + l_im[j] * g_im
-            c_im[j] = l_re[j] * g_im - l_im[j] * g_re
+            c[2 * j] = l_re[j] * g_re + l_im[j] * g_im
+            c[2 * j + 1] = l_re[j] * g_im - l_im[j] * g_re
     else:
         for j in range(n):
-            g_re = g_in[2 * j] + c_re[j]
-            g_im = g_in[2 * j + 1] + c_im[j]
+            g_re = g_in[2 * j] + c[2 * j]
+            g_im = g_in[2 * j + 1] + c[2 * j + 1]
             g_out[2 * j] = g_re
             g_out[2 * j + 1] = g_im
-            s_re[j] += g_re * x[2 * j] + g_im * x[2 * j + 1]
-            s_im[j] += g_im * x[2 * j] - g_re * x[2 * j + 1]
-            c_re[j] = l_re[j] * g_re + l_im[j] * g_im
-            c_im[j] = l_re[j] * g_im - l_im[j] * g_re
+            s[2 * j] += g_re * x[2 * j] + g_im * x[2 * j + 1]
+            s[2 * j + 1] += g_im * x[2 * j] - g_re * x[2 * j + 1]
+            c[2 * j] = l_re[j] * g_re + l_im[j] * g_im
+            c[2 * j + 1] = l_re[j] * g_im - l_im[j] * g_re
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
@@ -197,12 +192,10 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
         lo = (task % splits) * width
         hi = min(size, lo + width)
         n = hi - lo
-        c_re = np.zeros(n, dtype=states.dtype)  # carry: conj(Λ̄_{k+1}) g_{k+1}, in planes
-        c_im = np.zeros(n, dtype=states.dtype)
+        c = np.zeros(2 * n, dtype=states.dtype)  # carry: conj(Λ̄_{k+1}) g_{k+1}, interleaved
         l_re = np.empty(n, dtype=states.dtype)
         l_im = np.empty(n, dtype=states.dtype)
-        s_re = np.zeros(n, dtype=states.dtype)  # Σ_k dΛ̄_k for a time-invariant Λ̄
-        s_im = np.zeros(n, dtype=states.dtype)
+        s = np.zeros(2 * n, dtype=states.dtype)  # Σ_k dΛ̄_k for a time-invariant Λ̄, interleaved
         g_buf = np.empty((_BLOCK if staged else 0, 2 * n), dtype=states.dtype)  # dx in, g out
         x_buf = np.empty((_BLOCK if staged else 0, 2 * n), dtype=states.dtype)  # x_{k-1}
         no_row = d_lam[b, 0, 0:0]
@@ -224,23 +217,17 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
                 d_row = d_lam[b, k, 2 * lo : 2 * hi] if lam_l == 1 else no_row
                 if staged:
                     g = g_buf[r]
-                    _adjoint_step(g, g, x_buf[r], resets[b, k], c_re, c_im, l_re, l_im, s_re, s_im, d_row)
+                    _adjoint_step(g, g, x_buf[r], resets[b, k], c, l_re, l_im, s, d_row)
                 else:
                     g_in = grad[b, k, 2 * lo : 2 * hi]
                     g_out = g_in if in_place else d_bu[b, k, 2 * lo : 2 * hi]
                     x = start if k == length - 1 else states[b, k + 1, 2 * lo : 2 * hi]
-                    _adjoint_step(g_in, g_out, x, resets[b, k], c_re, c_im, l_re, l_im, s_re, s_im, d_row)
+                    _adjoint_step(g_in, g_out, x, resets[b, k], c, l_re, l_im, s, d_row)
             if staged:
                 _write_rows(g_buf, rows, d_bu, b, k0, 2 * lo, 2 * hi)
         if lam_l == 0:
-            d_row = d_lam[b, 0, 2 * lo : 2 * hi]
-            for j in range(n):
-                d_row[2 * j] = s_re[j]
-                d_row[2 * j + 1] = s_im[j]
-        d_start = d_init[b, 2 * lo : 2 * hi]
-        for j in range(n):
-            d_start[2 * j] = c_re[j]
-            d_start[2 * j + 1] = c_im[j]
+            d_lam[b, 0, 2 * lo : 2 * hi] = s
+        d_init[b, 2 * lo : 2 * hi] = c
 
 
 def _splits(batch: int, size: int) -> int:
