@@ -113,3 +113,25 @@ def test_property_random_shapes(batch, length, size, varying, reverse):
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("length", [cpu._BLOCK - 1, cpu._BLOCK + 1, 2 * cpu._BLOCK + 37])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_walks_across_blocks_of_time_steps(dtype, length, reverse):
+    """Both backwards walks go block by block (cpu._BLOCK): values, the in-place forward, and
+    gradients against the reference at lengths around and across block edges, in complex64
+    (16 floats per cache line) and complex128 (8)."""
+    batch, size = 2, 19
+    lam, bu, s0, r = random_inputs((size,), batch, length, size, dtype=dtype, seed=length)
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.complex64 else {"rtol": 1e-11, "atol": 1e-11}
+    want = reference.scan(lam, bu, s0, reverse, r)
+    torch.testing.assert_close(cpu._forward_impl(lam, bu, s0, r, reverse), want, **tol)
+    torch.testing.assert_close(cpu._forward_impl(lam, bu.clone(), s0, r, reverse, in_place=True), want, **tol)
+    grad = torch.randn(batch, length, size, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    leaves = [t.clone().requires_grad_() for t in (lam, bu, s0)]
+    expected = torch.autograd.grad(reference.scan(*leaves, reverse, r), leaves, grad)
+    for in_place in (False, True):
+        got = cpu._backward_impl(lam, want, s0, r, reverse, grad.clone(), in_place=in_place)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b, **tol)

@@ -92,7 +92,7 @@ def test_polynomial_special_values(dtype):
 
 # ---------------------------------------------------------------------------- the fused function
 @pytest.mark.parametrize("method,reverse,with_resets,with_state", list(itertools.product(RULES, [False, True], [False, True], [False, True])))  # fmt: skip
-@pytest.mark.parametrize("length", [L, 75])  # 75: across the blocks of time steps (_BLOCK) of the backward and a reverse forward
+@pytest.mark.parametrize("length", [L, irregular._BLOCK + 11])  # across the blocks of time steps of the backward and a reverse forward
 def test_values_and_gradients_equal_the_unfused_path(method, reverse, with_resets, with_state, length):
     lam, delta, scale, v, x0, resets = inputs(L=length)
     resets = resets if with_resets else None

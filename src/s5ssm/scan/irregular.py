@@ -44,14 +44,14 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
-from .cpu import _copy_rows, _flags, _op_or_impl, _splits, _write_rows
+from .cpu import _copy_rows, _flags, _op_or_impl, _sink, _splits, _touch_rows, _write_rows
 
 METHODS = ("zoh", "bilinear")
-# Time steps per block of a backwards walk, staged through buffers (cpu._copy_rows and
-# cpu._write_rows). The same value as cpu._BLOCK, but defined here: numba's cache of this
+# Time steps per block of a backwards walk (touched first, or staged through buffers, with
+# the cpu.py helpers). The same value as cpu._BLOCK, but defined here: numba's cache of this
 # file's kernels keeps the globals, and the cpu.py helpers they inline, as they were when
 # compiled, and is refreshed only when this file changes.
-_BLOCK = 32
+_BLOCK = 128
 _FLAGS = {"contract"}  # fused multiply-adds (one rounding instead of two); no other fast-math
 
 
@@ -329,9 +329,10 @@ def _bilinear_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry,
 
 # ---------------------------------------------------------------------------- kernels
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
-def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, splits, out):  # pragma: no cover
-    """out (B, L, P): the states. lam, inv_lam, delta (P,) as in the row functions. A
-    reverse scan goes block by block through a buffer (as in scan/cpu.py)."""
+def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, splits, out, sink):  # pragma: no cover
+    """out (B, L, P): the states. lam, inv_lam, delta (P,) as in the row functions; sink as
+    in scan/cpu.py. A reverse scan goes block by block, each block's v and out rows touched
+    in ascending order first (as in scan/cpu.py)."""
     batch, length, size = v.shape
     width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
@@ -342,24 +343,20 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
         lam_bar = np.empty(hi - lo, dtype=v.dtype)
         gamma = np.empty(hi - lo, dtype=v.dtype)
         x = init[b, lo:hi].copy()  # the carried state
-        buf = np.empty((_BLOCK if reverse else 0, hi - lo), dtype=v.dtype)  # v in, states out
+        touched = 0.0
         for q in range(blocks):
             k0 = (blocks - 1 - q if reverse else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
             if reverse:
-                _copy_rows(v, b, k0, rows, lo, hi, x, buf)
+                touched += _touch_rows(v, b, k0, rows, lo, hi) + _touch_rows(out, b, k0, rows, lo, hi)
             for i in range(rows):
                 r = rows - 1 - i if reverse else i
                 k = k0 + r
                 _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], scale[b, k], zoh, lam_bar, gamma)
                 if resets[b, k]:
                     x[:] = 0
-                if reverse:
-                    _step_row(lam_bar, gamma, x, buf[r], buf[r])
-                else:
-                    _step_row(lam_bar, gamma, x, v[b, k, lo:hi], out[b, k, lo:hi])
-            if reverse:
-                _write_rows(buf, rows, out, b, k0, lo, hi)
+                _step_row(lam_bar, gamma, x, v[b, k, lo:hi], out[b, k, lo:hi])
+        sink[task] = touched
 
 
 @numba.njit(inline="always")
@@ -458,8 +455,9 @@ def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool,
     v = v.contiguous()
     out = torch.empty_like(v)
     batch, length, size = v.shape
+    splits = _splits(batch, size)
     _forward_kernel(lam, inv_lam, dl, sc, v.numpy(), init.numpy(), _flags(resets, batch, length), reverse, zoh,
-                    _splits(batch, size), out.numpy())  # fmt: skip
+                    splits, out.numpy(), _sink(batch, splits))  # fmt: skip
     return out
 
 
