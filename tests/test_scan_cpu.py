@@ -101,7 +101,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     reverse=st.booleans(),
 )
 def test_property_random_shapes(batch, length, size, varying, reverse):
-    """Values and gradients, at lengths across the backward's blocks of time steps (cpu._BLOCK)."""
+    """Values and gradients at random shapes (block edges: test_walks_across_blocks_of_time_steps)."""
     shape = (batch, length, size) if varying else (size,)
     lam, bu, s0, r = random_inputs(shape, batch, length, size, seed=batch * 1000 + length)
     leaves = [t.requires_grad_() for t in (lam, bu, s0)]

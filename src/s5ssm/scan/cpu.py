@@ -27,12 +27,10 @@ was slower. Every input is still read, and every output written, once.
 
 A walk backwards through memory (the reverse scan, and the backward of a forward scan)
 runs ~2.5x slower than a forward one on this machine, whose prefetchers do not follow a
-descending stream. Those walks go block by block (_BLOCK steps):
-- the reverse scan first reads one value per cache line of the block's input and output
-  rows in ascending order (_touch_rows), then runs the recurrence on them in place;
-- the backward of a forward scan copies the block's dx and x_{k-1} rows ascending into
-  small buffers, runs the recurrence there, and copies d bu out ascending. Touching
-  instead was slower here (three arrays per step, against two in the buffers).
+descending stream. Those walks go block by block (_BLOCK steps): each block's rows (the
+inputs, the outputs) are first read in ascending order, one value per cache line
+(_touch_rows), and the recurrence then runs over them from the cache. This was faster
+than copying the block into buffers ascending, running there and copying out.
 
 With torch.library.custom_op (torch >= 2.4) both kernels are registered as ops, so
 torch.compile'd code calls them instead of tracing into numba; eager code calls the
@@ -66,27 +64,6 @@ def _touch_rows(arr, b, start, rows, lo, hi):  # pragma: no cover - compiled
             for j in range(lo, hi, step):
                 total += row[j].real
     return total
-
-
-@numba.njit(inline="always")
-def _copy_rows(src, b, start, rows, lo, hi, fill, buf):  # pragma: no cover - compiled
-    """buf[r] = src[b, start + r, lo:hi] for r < rows, ascending; a row outside [0, L) is `fill`."""
-    for r in range(rows):
-        k = start + r
-        row = fill if k < 0 or k >= src.shape[1] else src[b, k, lo:hi]
-        out = buf[r]
-        for j in range(hi - lo):
-            out[j] = row[j]
-
-
-@numba.njit(inline="always")
-def _write_rows(buf, rows, dst, b, start, lo, hi):  # pragma: no cover - compiled
-    """dst[b, start + r, lo:hi] = buf[r] for r < rows, ascending."""
-    for r in range(rows):
-        row = dst[b, start + r, lo:hi]
-        src = buf[r]
-        for j in range(hi - lo):
-            row[j] = src[j]
 
 
 @numba.njit(inline="always")
@@ -193,18 +170,19 @@ def _adjoint_step(g_in, g_out, x, reset, c, l_re, l_im, s, d_row):  # pragma: no
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad, d_bu, d_lam, d_init):  # pragma: no cover
-    """Float views as in _forward_kernel; d_lam (B, 1|L, 2P) zeros, d_init (B, 2P).
-    in_place: d_bu is grad (read then overwritten, element by element). The adjoint runs
-    against the scan's direction; for a forward scan that is a walk backwards, block by
-    block through buffers of dx and x_{k-1} (module docstring)."""
+def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad, d_bu, d_lam, d_init, sink):  # pragma: no cover
+    """Float views as in _forward_kernel; d_lam (B, 1|L, 2P) zeros, d_init (B, 2P), sink as
+    in _forward_kernel. in_place: d_bu is grad (read then overwritten, element by element;
+    the step then sees one array, as _step does). The adjoint runs against the scan's
+    direction; for a forward scan that is a walk backwards, block by block, each block's dx,
+    x_{k-1} and d bu rows touched in ascending order first (module docstring)."""
     batch, length, size2 = states.shape
     size = size2 // 2
     lam_b = 1 if lam.shape[0] > 1 else 0
     lam_l = 1 if lam.shape[1] > 1 else 0
     width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
-    staged = not reverse
+    backwards = not reverse
     for task in prange(batch * splits):
         b = task // splits
         lo = (task % splits) * width
@@ -214,38 +192,36 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
         l_re = np.empty(n, dtype=states.dtype)
         l_im = np.empty(n, dtype=states.dtype)
         s = np.zeros(2 * n, dtype=states.dtype)  # Σ_k dΛ̄_k for a time-invariant Λ̄, interleaved
-        g_buf = np.empty((_BLOCK if staged else 0, 2 * n), dtype=states.dtype)  # dx in, g out
-        x_buf = np.empty((_BLOCK if staged else 0, 2 * n), dtype=states.dtype)  # x_{k-1}
         no_row = d_lam[b, 0, 0:0]
         start = init[b, 2 * lo : 2 * hi]
+        edge = 0 if backwards else length - 1  # the step whose x_prev is the initial state
+        touched = 0.0
         for q in range(blocks):
-            k0 = (q if reverse else blocks - 1 - q) * _BLOCK
+            k0 = (blocks - 1 - q if backwards else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
-            if staged:
-                _copy_rows(grad, b, k0, rows, 2 * lo, 2 * hi, start, g_buf)
-                _copy_rows(states, b, k0 - 1, rows, 2 * lo, 2 * hi, start, x_buf)
+            if backwards:
+                touched += _touch_rows(grad, b, k0, rows, 2 * lo, 2 * hi)
+                touched += _touch_rows(states, b, k0 - 1, rows, 2 * lo, 2 * hi)
+                if not in_place:
+                    touched += _touch_rows(d_bu, b, k0, rows, 2 * lo, 2 * hi)
             for i in range(rows):
-                r = i if reverse else rows - 1 - i  # against the scan's direction
-                k = k0 + r
+                k = k0 + (rows - 1 - i if backwards else i)
                 if (q == 0 and i == 0) or lam_l == 1:
                     row = lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi]
                     for j in range(n):
                         l_re[j] = row[2 * j]
                         l_im[j] = row[2 * j + 1]
                 d_row = d_lam[b, k, 2 * lo : 2 * hi] if lam_l == 1 else no_row
-                if staged:
-                    g = g_buf[r]
-                    _adjoint_step(g, g, x_buf[r], resets[b, k], c, l_re, l_im, s, d_row)
+                g_in = grad[b, k, 2 * lo : 2 * hi]
+                x = start if k == edge else states[b, k - 1 if backwards else k + 1, 2 * lo : 2 * hi]
+                if in_place:
+                    _adjoint_step(g_in, g_in, x, resets[b, k], c, l_re, l_im, s, d_row)
                 else:
-                    g_in = grad[b, k, 2 * lo : 2 * hi]
-                    g_out = g_in if in_place else d_bu[b, k, 2 * lo : 2 * hi]
-                    x = start if k == length - 1 else states[b, k + 1, 2 * lo : 2 * hi]
-                    _adjoint_step(g_in, g_out, x, resets[b, k], c, l_re, l_im, s, d_row)
-            if staged:
-                _write_rows(g_buf, rows, d_bu, b, k0, 2 * lo, 2 * hi)
+                    _adjoint_step(g_in, d_bu[b, k, 2 * lo : 2 * hi], x, resets[b, k], c, l_re, l_im, s, d_row)
         if lam_l == 0:
             d_lam[b, 0, 2 * lo : 2 * hi] = s
         d_init[b, 2 * lo : 2 * hi] = c
+        sink[task] = touched
 
 
 def _splits(batch: int, size: int) -> int:
@@ -301,6 +277,7 @@ def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, gra
     _backward_kernel(
         _floats(lam), _floats(states.contiguous()), _floats(init), _flags(resets, batch, length), reverse,
         in_place, splits, _floats(grad.contiguous()), _floats(d_bu), _floats(d_lam), _floats(d_init),
+        _sink(batch, splits),
     )  # fmt: skip
     if lam.shape[0] == 1:
         d_lam = d_lam.sum(dim=0, keepdim=True)

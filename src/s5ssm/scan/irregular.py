@@ -44,13 +44,13 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
-from .cpu import _copy_rows, _flags, _op_or_impl, _sink, _splits, _touch_rows, _write_rows
+from .cpu import _flags, _op_or_impl, _sink, _splits, _touch_rows
 
 METHODS = ("zoh", "bilinear")
-# Time steps per block of a backwards walk (touched first, or staged through buffers, with
-# the cpu.py helpers). The same value as cpu._BLOCK, but defined here: numba's cache of this
-# file's kernels keeps the globals, and the cpu.py helpers they inline, as they were when
-# compiled, and is refreshed only when this file changes.
+# Time steps per block of a backwards walk, touched first (cpu._touch_rows). The same value
+# as cpu._BLOCK, but defined here: numba's cache of this file's kernels keeps the globals,
+# and the cpu.py helpers they inline, as they were when compiled, and is refreshed only
+# when this file changes.
 _BLOCK = 128
 _FLAGS = {"contract"}  # fused multiply-adds (one rounding instead of two); no other fast-math
 
@@ -370,19 +370,20 @@ def _adjoint_step(lam, delta, s, zoh, lam_bar, gamma, grad, v, x_prev, carry, su
 
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
 def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, reverse, zoh, splits, grad,
-                     d_v, acc, d_scale, d_init):  # pragma: no cover - compiled  # fmt: skip
-    """The reverse scan with Λ̄, γ recomputed: d_v (B, L, P), may be grad; acc (B, 3, P)
-    complex128 zeros, the sums of the gradient rows (one row per sequence, see `_finalize`);
-    d_scale (splits, B, L) float64, one row per block of states; d_init (B, P).
+                     in_place, d_v, acc, d_scale, d_init, sink):  # pragma: no cover - compiled  # fmt: skip
+    """The reverse scan with Λ̄, γ recomputed: d_v (B, L, P), is grad if in_place; acc
+    (B, 3, P) complex128 zeros, the sums of the gradient rows (one row per sequence, see
+    `_finalize`); d_scale (splits, B, L) float64, one row per block of states; d_init (B, P);
+    sink as in scan/cpu.py.
 
     For a forward scan the adjoint walks memory backwards, which this machine's prefetchers
     do not follow (~2x slower here); that walk goes block by block (_BLOCK steps), each
-    block's dx, v and x_{k-1} rows copied ascending into buffers and d v copied out
-    ascending (as in scan/cpu.py)."""
+    block's dx, v, x_{k-1} and d v rows touched in ascending order first (as in
+    scan/cpu.py)."""
     batch, length, size = v.shape
     width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
-    staged = not reverse
+    backwards = not reverse  # the adjoint of a forward scan walks backwards through memory
     for task in prange(batch * splits):
         b = task // splits
         split = task % splits
@@ -393,38 +394,32 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
         zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
         carry = np.zeros(hi - lo, dtype=np.complex128)  # conj(Λ̄_{k+1}) g_{k+1}
         sums = np.zeros((3, hi - lo), dtype=np.complex128)
-        rows_buf = _BLOCK if staged else 0
-        g_buf = np.empty((rows_buf, hi - lo), dtype=v.dtype)  # dx in, d v out
-        v_buf = np.empty((rows_buf, hi - lo), dtype=v.dtype)
-        x_buf = np.empty((rows_buf, hi - lo), dtype=v.dtype)  # x_{k-1}
         start = init[b, lo:hi]  # x_{-1}
+        edge = 0 if backwards else length - 1  # the step whose x_prev is the initial state
+        touched = 0.0
         for q in range(blocks):
-            k0 = (q if reverse else blocks - 1 - q) * _BLOCK
+            k0 = (blocks - 1 - q if backwards else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
-            if staged:
-                _copy_rows(grad, b, k0, rows, lo, hi, start, g_buf)
-                _copy_rows(v, b, k0, rows, lo, hi, start, v_buf)
-                _copy_rows(states, b, k0 - 1, rows, lo, hi, start, x_buf)
+            if backwards:
+                touched += _touch_rows(grad, b, k0, rows, lo, hi) + _touch_rows(v, b, k0, rows, lo, hi)
+                touched += _touch_rows(states, b, k0 - 1, rows, lo, hi)
+                if not in_place:
+                    touched += _touch_rows(d_v, b, k0, rows, lo, hi)
             for i in range(rows):
-                r = i if reverse else rows - 1 - i  # against the scan's direction
-                k = k0 + r
+                k = k0 + (rows - 1 - i if backwards else i)  # against the scan's direction
                 s = scale[b, k]
                 _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma)
-                if staged:
-                    x_prev = zeros if resets[b, k] else x_buf[r]
-                    d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, g_buf[r], v_buf[r], x_prev,
-                                        carry, sums, g_buf[r])  # fmt: skip
-                else:
-                    x_prev = zeros if resets[b, k] else (start if k == length - 1 else states[b, k + 1, lo:hi])
-                    d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, grad[b, k, lo:hi],
-                                        v[b, k, lo:hi], x_prev, carry, sums, d_v[b, k, lo:hi])  # fmt: skip
+                x_prev = start if k == edge else states[b, k - 1 if backwards else k + 1, lo:hi]
+                x_prev = zeros if resets[b, k] else x_prev
+                g = grad[b, k, lo:hi]
+                d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, g, v[b, k, lo:hi], x_prev,
+                                    carry, sums, g if in_place else d_v[b, k, lo:hi])  # fmt: skip
                 if resets[b, k]:
                     carry[:] = 0
                 d_scale[split, b, k] = d_s
-            if staged:
-                _write_rows(g_buf, rows, d_v, b, k0, lo, hi)
         acc[b, :, lo:hi] = sums
         d_init[b, lo:hi] = carry
+        sink[task] = touched
 
 
 def _arrays(Lambda, delta, scale, initial_state, v):
@@ -476,8 +471,8 @@ def _backward_impl(
     d_init = torch.empty_like(init)
     _backward_kernel(
         lam, inv_lam, dl, sc, v.contiguous().numpy(), states.contiguous().numpy(), init.numpy(),
-        _flags(resets, batch, length), reverse, zoh, splits, grad.contiguous().numpy(),
-        d_v.numpy(), acc.numpy(), d_scale, d_init.numpy(),
+        _flags(resets, batch, length), reverse, zoh, splits, grad.contiguous().numpy(), in_place,
+        d_v.numpy(), acc.numpy(), d_scale, d_init.numpy(), _sink(batch, splits),
     )  # fmt: skip
     d_lam, d_delta = _finalize(acc.sum(dim=0), Lambda, delta, zoh)
     return d_lam, d_delta, torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype), d_v, d_init
