@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s5ssm import S5SSM
-from s5ssm.scan import cpu_layer
+from s5ssm.scan import cpu, cpu_layer, irregular
 from conftest import naive_ssm
 
 C_INITS = ["trunc_standard_normal", "lecun_normal", "complex_normal"]
@@ -424,8 +424,9 @@ def test_property_backends_and_step_equal(B, L, H, half_block, J, conj_sym, bidi
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_cpu_core_equals_the_separate_ops_with_gradients(scale_kind, bidirectional, dtype):
     """scan.cpu_layer (what "auto" runs on the CPU for a scalar or per-step step_scale)
-    against the reference scan between the plain projections: outputs and every gradient."""
-    B, L, H = 3, 33, 5
+    against the reference scan between the plain projections: outputs and every gradient,
+    at a length across the kernels' blocks of time steps (cpu._BLOCK, irregular._BLOCK)."""
+    B, L, H = 3, max(cpu._BLOCK, irregular._BLOCK) + 5, 5
     g = torch.Generator().manual_seed(21 + bidirectional)
     layer = make_layer(H, 8, 2, seed=4, dtype=dtype, bidirectional=bidirectional,
                        discretization="bilinear" if scale_kind == "BL_gaps" else "zoh")  # fmt: skip
