@@ -13,7 +13,7 @@ def test_quick_bench_writes_every_section(tmp_path, capsys):
     results = json.loads(out.read_text())
     for section in bench.SECTIONS:
         assert section in results, section
-    for backend in ("cpu", "parallel", "reference"):
+    for backend in ("cpu", "cpu_reverse", "parallel", "reference"):
         assert results["scan"][backend]["forward_ms"] > 0
         assert results["scan"][backend]["forward_backward_ms"] > 0
     assert results["layer"]["forward_over_gemms"] > 0

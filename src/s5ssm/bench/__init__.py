@@ -3,8 +3,9 @@
 Every figure is the median of repeated runs, shown as a ratio against a baseline
 measured in the same process, interleaved with it (these machines are shared and noisy):
 
-    scan       each backend's forward and forward+backward vs the memory floor
-               (dst.copy_(src) over the states' bytes); and vs JAX's associative_scan
+    scan       each backend's forward and forward+backward (the compiled one also in
+               reverse) vs the memory floor (dst.copy_(src) over the states' bytes); and
+               vs JAX's associative_scan
     layer      S5SSM forward and forward+backward vs its own GEMMs alone (the compute
                limit); and vs the layer written in JAX as the paper's code does it
     irregular  step_scale [B, L] vs a scalar step_scale (time; memory in `memory`)
@@ -70,10 +71,10 @@ def print_report(results: dict) -> None:
         print(f"\nscan B={shape['B']} L={shape['L']} P={shape['P']} {s['dtype']}, Λ̄ {s['lambda_bar']}: "
               f"copy_ {s['copy_ms']:.2f} ms ({s['copy_GBps']:.1f} GB/s), "
               f"floor fwd+bwd {s['floor_forward_backward_ms']:.2f} ms")  # fmt: skip
-        print(f"  {'backend':<10}{'fwd ms':>10}{'copy/fwd':>10}{'fwd+bwd ms':>12}{'floor/fwd+bwd':>15}")
-        for b in ("cpu", "parallel", "reference"):
+        print(f"  {'backend':<12}{'fwd ms':>10}{'copy/fwd':>10}{'fwd+bwd ms':>12}{'floor/fwd+bwd':>15}")
+        for b in ("cpu", "cpu_reverse", "parallel", "reference"):
             r = s[b]
-            print(f"  {b:<10}{r['forward_ms']:>10.2f}{r['copy_throughput_ratio']:>10.2f}"
+            print(f"  {b.replace('_', ' '):<12}{r['forward_ms']:>10.2f}{r['copy_throughput_ratio']:>10.2f}"
                   f"{r['forward_backward_ms']:>12.2f}{r['floor_throughput_ratio_forward_backward']:>15.2f}")  # fmt: skip
         if s["reference"].get("note"):
             print(f"  reference: {s['reference']['note']}")

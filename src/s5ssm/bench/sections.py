@@ -20,7 +20,10 @@ from ..ssm import S5SSM
 from . import paper_jax
 from .timing import ms, timed, try_jax
 
-SCAN_BACKENDS = ("cpu", "parallel", "reference")
+# the rows of the scan table: (backend, reverse); "cpu_reverse" is the backwards half of a
+# bidirectional layer, whose forward walks memory backwards (scan/cpu.py)
+SCAN_ROWS = {"cpu": ("cpu", False), "cpu_reverse": ("cpu", True), "parallel": ("parallel", False),
+             "reference": ("reference", False)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- scan
@@ -34,7 +37,8 @@ def scan_inputs(batch: int, length: int, size: int, seed: int = 0):
 
 
 def bench_scan(size: dict, repeats: int) -> dict:
-    """Each backend's forward and forward+backward vs the memory floor, and vs JAX."""
+    """Each backend's forward and forward+backward (the compiled one also in reverse) vs the
+    memory floor, and vs JAX."""
     B, L, P = size["batch"], size["length"], size["state"]
     lam, bu = scan_inputs(B, L, P)
     grad = torch.randn_like(bu)
@@ -42,12 +46,12 @@ def bench_scan(size: dict, repeats: int) -> dict:
     lam_g, bu_g = lam.clone().requires_grad_(), bu.clone().requires_grad_()
     ref_length = min(L, size["reference_length"])  # the Python loop's backward is slow: a prefix
 
-    def fwd(backend: str, length: int = L):
+    def fwd(backend: str, reverse: bool = False, length: int = L):
         with torch.no_grad():
-            return linear_scan(lam, bu[:, :length], backend=backend)
+            return linear_scan(lam, bu[:, :length], reverse=reverse, backend=backend)
 
-    def fwd_bwd(backend: str, length: int = L):
-        out = linear_scan(lam_g, bu_g[:, :length], backend=backend)
+    def fwd_bwd(backend: str, reverse: bool = False, length: int = L):
+        out = linear_scan(lam_g, bu_g[:, :length], reverse=reverse, backend=backend)
         return torch.autograd.grad(out, (lam_g, bu_g), grad[:, :length])
 
     # memory floors: the forward reads B̄u and writes the states (one copy of the bytes);
@@ -55,9 +59,10 @@ def bench_scan(size: dict, repeats: int) -> dict:
     copy = lambda: dst.copy_(bu)  # noqa: E731
     floor_fb = lambda: (dst.copy_(bu), torch.add(grad, dst, out=dst2))  # noqa: E731
 
-    t_fwd = timed({"copy": copy, **{b: (lambda b=b: fwd(b)) for b in SCAN_BACKENDS}}, repeats)
-    t_fb = timed({"floor": floor_fb, **{b: (lambda b=b: fwd_bwd(b)) for b in ("cpu", "parallel")}}, repeats)
-    t_ref = timed({"reference": lambda: fwd_bwd("reference", ref_length)}, max(1, min(repeats, 3)))
+    t_fwd = timed({"copy": copy, **{row: (lambda a=args: fwd(*a)) for row, args in SCAN_ROWS.items()}}, repeats)
+    fast = {row: (lambda a=args: fwd_bwd(*a)) for row, args in SCAN_ROWS.items() if row != "reference"}
+    t_fb = timed({"floor": floor_fb, **fast}, repeats)
+    t_ref = timed({"reference": lambda: fwd_bwd("reference", False, ref_length)}, max(1, min(repeats, 3)))
 
     results: dict = {
         "shape": {"B": B, "L": L, "P": P},
@@ -67,7 +72,7 @@ def bench_scan(size: dict, repeats: int) -> dict:
         "copy_GBps": 2 * bu.numel() * bu.element_size() / t_fwd["copy"]["median"] / 1e9,
         "floor_forward_backward_ms": ms(t_fb["floor"]),
     }
-    for b in SCAN_BACKENDS:
+    for b in SCAN_ROWS:
         row = {
             "forward_ms": ms(t_fwd[b]),
             "copy_throughput_ratio": t_fwd["copy"]["median"] / t_fwd[b]["median"],
