@@ -276,55 +276,69 @@ def _step_row(lam_bar, gamma, x, v, out):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _zoh_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, acc, d_v):  # pragma: no cover - compiled
-    """One step of the adjoint and the ZOH chain rule on a row, in one pass.
-
-    g = dx + carry (carry: conj(Λ̄_next) g_next), d v = conj(γ) g (d_v may be grad: each
-    element is read before it is written), then carry = c = conj(Λ̄) g. With dΛ̄ = g conj(x_prev),
-    dγ = g conj(v), t1 = conj(Λ̄) dΛ̄ = c conj(x_prev), t2 = conj(Λ̄) dγ = c conj(v) and
-    ∂Λ̄/∂Λ = wΛ̄, ∂Λ̄/∂w = ΛΛ̄, ∂γ/∂Λ = (wΛ̄ - γ)/Λ, ∂γ/∂w = Λ̄ (w = Δs), PyTorch's
-    convention gives dΛ += w t1 + conj(1/Λ)(w t2 - conj(γ) dγ), dw = Re(conj(Λ) t1 + t2).
-    Λ and Δ are constant per state, so acc sums s·t1, s·t2, conj(γ) dγ = (d v) conj(v) over
-    the steps and `_finalize` applies Λ, Δ once. Returns Σ_j dw_j Δ_j, the gradient of s.
-    """
-    d_s = 0.0
+def _adjoint_recurrence_row(zoh, lam_bar, gamma, grad, carry, d_v, q):  # pragma: no cover - compiled
+    """The adjoint's recurrence on a row: g = dx + carry (carry: conj(Λ̄_next) g_next),
+    d v = conj(γ) g (d_v may be grad: each element is read before it is written), then
+    carry = c = conj(Λ̄) g. q (n,) complex128 holds g, then for bilinear conj(inv²) g
+    (inv = (Λ̄ + 1)/2), which the sums take; for ZOH they take the new carry c. Separate
+    loops of few arrays each, as in `_adjoint_sums_row`."""
     for j in range(carry.shape[0]):
-        g = grad[j] + carry[j]
-        dv = np.conj(gamma[j]) * g
-        d_v[j] = dv
-        c = np.conj(lam_bar[j]) * g
-        t1 = c * np.conj(x_prev[j])
-        t2 = c * np.conj(v[j])
-        acc[0, j] += s * t1
-        acc[1, j] += s * t2
-        acc[2, j] += dv * np.conj(v[j])
-        d_s += (np.conj(lam[j]) * t1 + t2).real * delta[j]
-        carry[j] = c
-    return d_s
+        q[j] = grad[j] + carry[j]
+    for j in range(carry.shape[0]):
+        d_v[j] = np.conj(gamma[j]) * q[j]
+        carry[j] = np.conj(lam_bar[j]) * q[j]
+    if not zoh:
+        for j in range(carry.shape[0]):
+            inv = 0.5 * (lam_bar[j] + 1.0)
+            q[j] = np.conj(inv * inv) * q[j]
 
 
 @numba.njit(inline="always")
-def _bilinear_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, acc, d_v):  # pragma: no cover
-    """As `_zoh_adjoint_row` for the bilinear rule.
+def _adjoint_sums_row(zoh, lam_delta, delta, s, v, x_prev, q, d_v, acc, d_s_row):  # pragma: no cover - compiled
+    """The chain rule of one step on a row, after `_adjoint_recurrence_row` (q there; for
+    ZOH pass the new carry as q). lam_delta = conj(Λ)·Δ complex128 (n,); acc (3, n).
 
-    With inv = 1/(1 - wΛ/2) = (Λ̄ + 1)/2: ∂Λ̄/∂Λ = w·inv², ∂Λ̄/∂w = Λ·inv², ∂γ/∂Λ = (w²/2)·inv²,
-    ∂γ/∂w = inv². With q = conj(inv²), q1 = q dΛ̄ = (q g) conj(x_prev), q2 = q dγ = (q g) conj(v):
-    dΛ += w q1 + (w²/2) q2 and dw = Re(conj(Λ) q1 + q2); acc sums s·q1, s·q2, (s²/2)·q2.
-    """
-    d_s = 0.0
-    for j in range(carry.shape[0]):
-        g = grad[j] + carry[j]
-        d_v[j] = np.conj(gamma[j]) * g
-        inv = 0.5 * (lam_bar[j] + 1.0)
-        qg = np.conj(inv * inv) * g
-        q1 = qg * np.conj(x_prev[j])
-        q2 = qg * np.conj(v[j])
-        acc[0, j] += s * q1
-        acc[1, j] += s * q2
-        acc[2, j] += (0.5 * s * s) * q2
-        d_s += (np.conj(lam[j]) * q1 + q2).real * delta[j]
-        carry[j] = np.conj(lam_bar[j]) * g
-    return d_s
+    ZOH: with dΛ̄ = g conj(x_prev), dγ = g conj(v), t1 = conj(Λ̄) dΛ̄ = c conj(x_prev),
+    t2 = conj(Λ̄) dγ = c conj(v) and ∂Λ̄/∂Λ = wΛ̄, ∂Λ̄/∂w = ΛΛ̄, ∂γ/∂Λ = (wΛ̄ - γ)/Λ,
+    ∂γ/∂w = Λ̄ (w = Δs), PyTorch's convention gives dΛ += w t1 + conj(1/Λ)(w t2 - conj(γ) dγ),
+    dw = Re(conj(Λ) t1 + t2). Λ and Δ are constant per state, so acc sums s·t1, s·t2,
+    conj(γ) dγ = (d v) conj(v) over the steps and `_finalize` applies Λ, Δ once.
+
+    Bilinear: with inv = 1/(1 - wΛ/2) = (Λ̄ + 1)/2, ∂Λ̄/∂Λ = w·inv², ∂Λ̄/∂w = Λ·inv²,
+    ∂γ/∂Λ = (w²/2)·inv², ∂γ/∂w = inv²; with t1 = q conj(x_prev), t2 = q conj(v) (q =
+    conj(inv²) g): dΛ += w t1 + (w²/2) t2 and dw = Re(conj(Λ) t1 + t2); acc sums s·t1, s·t2,
+    (s²/2)·t2.
+
+    d_s_row[j] = dw_j Δ_j, whose sum over the row is the gradient of s (`_row_sum`). Four
+    loops of few arrays each, not one: LLVM vectorises a loop only while the runtime
+    overlap checks between its arrays stay few."""
+    acc_1, acc_2, acc_3 = acc[0], acc[1], acc[2]
+    for j in range(q.shape[0]):
+        t1 = q[j] * np.conj(x_prev[j])
+        acc_1[j] += s * t1
+        d_s_row[j] = (lam_delta[j] * t1).real
+    for j in range(q.shape[0]):
+        t2 = q[j] * np.conj(v[j])
+        acc_2[j] += s * t2
+        d_s_row[j] += t2.real * delta[j]
+    if zoh:
+        for j in range(q.shape[0]):
+            acc_3[j] += d_v[j] * np.conj(v[j])
+    else:
+        half_s2 = 0.5 * s * s
+        for j in range(q.shape[0]):
+            acc_3[j] += half_s2 * (q[j] * np.conj(v[j]))
+
+
+@numba.njit(fastmath={"reassoc", "contract"})
+def _row_sum(row):  # pragma: no cover - compiled
+    """Σ row, float64 (n,). Compiled apart, with reassociation allowed, so LLVM sums in
+    vector lanes (the kernel's own flags forbid it); the order of the sum depends on the
+    row and the vector width, not on the thread count. Reference: sum(row)."""
+    total = 0.0
+    for j in range(row.shape[0]):
+        total += row[j]
+    return total
 
 
 # ---------------------------------------------------------------------------- kernels
@@ -359,15 +373,6 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
         sink[task] = touched
 
 
-@numba.njit(inline="always")
-def _adjoint_step(lam, delta, s, zoh, lam_bar, gamma, grad, v, x_prev, carry, sums, d_v):  # pragma: no cover
-    """One step of the adjoint on rows of P_block (the ZOH or bilinear row above); returns
-    this block's share of the gradient of s."""
-    if zoh:
-        return _zoh_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, sums, d_v)
-    return _bilinear_adjoint_row(lam, delta, s, lam_bar, gamma, grad, v, x_prev, carry, sums, d_v)
-
-
 @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy", fastmath=_FLAGS)
 def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, reverse, zoh, splits, grad,
                      in_place, d_v, acc, d_scale, d_init, sink):  # pragma: no cover - compiled  # fmt: skip
@@ -393,7 +398,12 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
         gamma = np.empty(hi - lo, dtype=v.dtype)
         zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
         carry = np.zeros(hi - lo, dtype=np.complex128)  # conj(Λ̄_{k+1}) g_{k+1}
+        qg = np.empty(hi - lo, dtype=np.complex128)  # g, then conj(inv²) g (bilinear)
         sums = np.zeros((3, hi - lo), dtype=np.complex128)
+        d_s_row = np.empty(hi - lo, dtype=np.float64)
+        lam_delta = np.empty(hi - lo, dtype=np.complex128)  # conj(Λ)·Δ
+        for j in range(hi - lo):
+            lam_delta[j] = np.conj(np.complex128(lam[lo + j])) * np.float64(delta[lo + j])
         start = init[b, lo:hi]  # x_{-1}
         edge = 0 if backwards else length - 1  # the step whose x_prev is the initial state
         touched = 0.0
@@ -412,11 +422,13 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
                 x_prev = start if k == edge else states[b, k - 1 if backwards else k + 1, lo:hi]
                 x_prev = zeros if resets[b, k] else x_prev
                 g = grad[b, k, lo:hi]
-                d_s = _adjoint_step(lam[lo:hi], delta[lo:hi], s, zoh, lam_bar, gamma, g, v[b, k, lo:hi], x_prev,
-                                    carry, sums, g if in_place else d_v[b, k, lo:hi])  # fmt: skip
+                dv = g if in_place else d_v[b, k, lo:hi]
+                _adjoint_recurrence_row(zoh, lam_bar, gamma, g, carry, dv, qg)
+                _adjoint_sums_row(zoh, lam_delta, delta[lo:hi], s, v[b, k, lo:hi], x_prev, carry if zoh else qg, dv,
+                                  sums, d_s_row)  # fmt: skip
                 if resets[b, k]:
                     carry[:] = 0
-                d_scale[split, b, k] = d_s
+                d_scale[split, b, k] = _row_sum(d_s_row)
         acc[b, :, lo:hi] = sums
         d_init[b, lo:hi] = carry
         sink[task] = touched
@@ -434,7 +446,7 @@ def _arrays(Lambda, delta, scale, initial_state, v):
 
 def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh: bool):
     """(dΛ complex (P,), dΔ real (P,)) from the kernel's sums acc (3, P) complex128
-    (`_zoh_adjoint_row`, `_bilinear_adjoint_row`), in float64 until the final cast."""
+    (`_adjoint_sums_row`), in float64 until the final cast."""
     lam, step = Lambda.detach().to(torch.complex128), delta.detach().to(torch.float64)
     first, second, third = acc
     if zoh:
