@@ -21,9 +21,10 @@ Work is split over numba's threads by sequence (and by blocks of states when the
 fewer sequences than threads). The kernels see the complex tensors as float arrays with
 (re, im) interleaved, and so is what they carry from step to step (the state, or the
 gradient carry) while Λ̄ is held in two planes, real and imaginary: the complex
-multiply-add is real arithmetic that LLVM vectorises (numba's complex type compiles to
-scalar code). With the carry in planes as well (one more array in the loop) the forward
-was slower. Every input is still read, and every output written, once.
+multiply-add is real arithmetic on few arrays, which LLVM vectorises (it gives up on loops
+whose arrays need many runtime overlap checks). With the carry in planes as well (one
+more array in the loop) the forward was slower. Every input is still read, and every
+output written, once.
 
 A walk backwards through memory (the reverse scan, and the backward of a forward scan)
 runs ~2.5x slower than a forward one on this machine, whose prefetchers do not follow a
@@ -59,10 +60,11 @@ def _touch_rows(arr, b, start, rows, lo, hi):  # pragma: no cover - compiled
     total = 0.0
     for r in range(rows):
         k = start + r
-        if 0 <= k < arr.shape[1]:
+        if 0 <= k < arr.shape[1] and hi > lo:
             row = arr[b, k]
             for j in range(lo, hi, step):
                 total += row[j].real
+            total += row[hi - 1].real  # the last line, when lo is not at a line's start
     return total
 
 
