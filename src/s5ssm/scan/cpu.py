@@ -69,6 +69,16 @@ def _touch_rows(arr, b, start, rows, lo, hi):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
+def _task_span(task, splits, size):  # pragma: no cover - compiled
+    """(b, split, lo, hi) of a kernel's prange task over batch * splits: the states lo:hi
+    (block `split` of `splits`, as _splits chooses) of sequence b."""
+    width = (size + splits - 1) // splits
+    b, split = task // splits, task % splits
+    lo = split * width
+    return b, split, lo, min(size, lo + width)
+
+
+@numba.njit(inline="always")
 def _step(u, o, aliased, reset, x, l_re, l_im):  # pragma: no cover - compiled
     """One step on interleaved rows: x = u at a reset, else x = Λ̄ x + u; o = x. The state x
     is interleaved like the rows, Λ̄ is in planes (re, im). aliased: o is u (read through o,
@@ -105,12 +115,9 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out, sink)
     size = size2 // 2
     lam_b = 1 if lam.shape[0] > 1 else 0
     lam_l = 1 if lam.shape[1] > 1 else 0
-    width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
     for task in prange(batch * splits):
-        b = task // splits
-        lo = (task % splits) * width
-        hi = min(size, lo + width)
+        b, _, lo, hi = _task_span(task, splits, size)
         n = hi - lo
         x = np.empty(2 * n, dtype=bu.dtype)  # the carried state, interleaved
         l_re = np.empty(n, dtype=bu.dtype)
@@ -125,8 +132,7 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out, sink)
                 if not in_place:
                     touched += _touch_rows(bu, b, k0, rows, 2 * lo, 2 * hi)
             for i in range(rows):
-                r = rows - 1 - i if reverse else i
-                k = k0 + r
+                k = k0 + (rows - 1 - i if reverse else i)
                 if (q == 0 and i == 0) or lam_l == 1:
                     row = lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi]
                     for j in range(n):
@@ -182,13 +188,10 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
     size = size2 // 2
     lam_b = 1 if lam.shape[0] > 1 else 0
     lam_l = 1 if lam.shape[1] > 1 else 0
-    width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
     backwards = not reverse
     for task in prange(batch * splits):
-        b = task // splits
-        lo = (task % splits) * width
-        hi = min(size, lo + width)
+        b, _, lo, hi = _task_span(task, splits, size)
         n = hi - lo
         c = np.zeros(2 * n, dtype=states.dtype)  # carry: conj(Λ̄_{k+1}) g_{k+1}, interleaved
         l_re = np.empty(n, dtype=states.dtype)

@@ -44,7 +44,7 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
-from .cpu import _flags, _op_or_impl, _sink, _splits, _touch_rows
+from .cpu import _flags, _op_or_impl, _sink, _splits, _task_span, _touch_rows
 
 METHODS = ("zoh", "bilinear")
 # Time steps per block of a backwards walk, touched first (cpu._touch_rows). The same value
@@ -309,7 +309,7 @@ def _adjoint_sums_row(zoh, lam_delta, delta, s, v, x_prev, q, d_v, acc, d_s_row)
     conj(inv²) g): dΛ += w t1 + (w²/2) t2 and dw = Re(conj(Λ) t1 + t2); acc sums s·t1, s·t2,
     (s²/2)·t2.
 
-    d_s_row[j] = dw_j Δ_j, whose sum over the row is the gradient of s (`_row_sum`). Four
+    d_s_row[j] = dw_j Δ_j, whose sum over the row is the gradient of s (`_row_sum`). Three
     loops of few arrays each, not one: LLVM vectorises a loop only while the runtime
     overlap checks between its arrays stay few."""
     acc_1, acc_2, acc_3 = acc[0], acc[1], acc[2]
@@ -348,12 +348,9 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
     in scan/cpu.py. A reverse scan goes block by block, each block's v and out rows touched
     in ascending order first (as in scan/cpu.py)."""
     batch, length, size = v.shape
-    width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
     for task in prange(batch * splits):
-        b = task // splits
-        lo = (task % splits) * width
-        hi = min(size, lo + width)
+        b, _, lo, hi = _task_span(task, splits, size)
         lam_bar = np.empty(hi - lo, dtype=v.dtype)
         gamma = np.empty(hi - lo, dtype=v.dtype)
         x = init[b, lo:hi].copy()  # the carried state
@@ -364,8 +361,7 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
             if reverse:
                 touched += _touch_rows(v, b, k0, rows, lo, hi) + _touch_rows(out, b, k0, rows, lo, hi)
             for i in range(rows):
-                r = rows - 1 - i if reverse else i
-                k = k0 + r
+                k = k0 + (rows - 1 - i if reverse else i)
                 _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], scale[b, k], zoh, lam_bar, gamma)
                 if resets[b, k]:
                     x[:] = 0
@@ -386,14 +382,10 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
     block's dx, v, x_{k-1} and d v rows touched in ascending order first (as in
     scan/cpu.py)."""
     batch, length, size = v.shape
-    width = (size + splits - 1) // splits
     blocks = (length + _BLOCK - 1) // _BLOCK
     backwards = not reverse  # the adjoint of a forward scan walks backwards through memory
     for task in prange(batch * splits):
-        b = task // splits
-        split = task % splits
-        lo = split * width
-        hi = min(size, lo + width)
+        b, split, lo, hi = _task_span(task, splits, size)
         lam_bar = np.empty(hi - lo, dtype=v.dtype)
         gamma = np.empty(hi - lo, dtype=v.dtype)
         zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
