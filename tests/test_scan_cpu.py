@@ -51,6 +51,22 @@ def test_float32_values_and_gradients_match_reference(reverse):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("lam_shape", [(P,), (B, L, P)])
+def test_lazily_conjugated_and_strided_inputs(lam_shape):
+    """conj() views (torch's conjugate bit) and non-contiguous inputs are read as their
+    values: the kernels see NumPy copies of them, not the raw memory."""
+    lam, bu, s0, r = random_inputs(lam_shape, B, L, P)
+    leaves = [t.requires_grad_() for t in (lam, bu, s0)]
+    weight = torch.randn(B, L, P, dtype=bu.dtype)
+    args = (lam.conj(), bu.transpose(0, 1).contiguous().transpose(0, 1).conj(), s0.conj(), False, r)
+    assert args[0].is_conj() and args[1].is_conj() and not args[1].is_contiguous()
+    outs = [fn(*args) for fn in (cpu.scan, reference.scan)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad((out * weight).real.sum(), leaves) for out in outs]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_length_one_and_batch_one():
     for shape in [(1,), (1, 1, 1)]:
         lam, bu, s0, r = random_inputs(shape, 1, 1, 1)

@@ -123,6 +123,20 @@ def test_blocks_of_states_split_across_tasks(monkeypatch, method):
         torch.testing.assert_close(h, w, rtol=1e-10, atol=1e-12)
 
 
+def test_lazily_conjugated_and_strided_inputs():
+    """conj() views (torch's conjugate bit) and non-contiguous inputs are read as their values."""
+    lam, delta, scale, v, x0, resets = inputs()
+    args = [t.requires_grad_() for t in (lam, delta, scale, v, x0)]
+    lam_c, v_c, x0_c = lam.conj(), v.transpose(0, 1).contiguous().transpose(0, 1).conj(), x0.conj()
+    assert v_c.is_conj() and not v_c.is_contiguous()
+    expected = unfused("zoh", lam_c, delta, scale.t().contiguous().t(), v_c, x0_c, resets, False)
+    got = irregular_scan(lam_c, delta, scale.t().contiguous().t(), v_c, initial_state=x0_c, resets=resets)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    out_grad = torch.randn_like(expected)
+    for w, h in zip(torch.autograd.grad(expected, args, out_grad), torch.autograd.grad(got, args, out_grad)):
+        torch.testing.assert_close(h, w, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("method,reverse", [("zoh", False), ("bilinear", True)])
 def test_gradcheck_float64(method, reverse):
     *tensors, resets = inputs(B=2, L=4, P=3)

@@ -57,8 +57,11 @@ def checks_enabled() -> bool:
 
 
 def expect_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raise ValueError on any NaN or ±Inf, in one pass (aminmax propagates NaN)."""
+    """Raise ValueError on any NaN or ±Inf, in one pass (aminmax propagates NaN); a complex
+    tensor is checked through its real and imaginary parts."""
     if checks_enabled() and tensor.numel():
+        if tensor.is_complex():
+            tensor = torch.view_as_real(tensor.resolve_conj())
         low, high = torch.aminmax(tensor.detach())
         if not (math.isfinite(low.item()) and math.isfinite(high.item())):  # 2 scalars: no more tensor ops
             raise ValueError(f"{name} contains NaN or Inf values")

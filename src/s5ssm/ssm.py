@@ -212,7 +212,7 @@ class S5SSM(nn.Module):
         expect_dtype("state", state, self.complex_dtype)
         expect_shape("state", state, (batch, self.num_states), "BP")
         expect_same_device("state", state, self.D)
-        expect_finite("state", torch.view_as_real(state))
+        expect_finite("state", state)
         return state
 
     def _check_step_scale(self, step_scale, batch: int, length: int | None, mask=None):

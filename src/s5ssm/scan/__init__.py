@@ -59,7 +59,7 @@ def _check(lambda_bar, bu, initial_state, resets) -> None:
         expect_dtype("initial_state", initial_state, bu.dtype)
         expect_shape("initial_state", initial_state, (batch, size), "BP")
         expect_same_device("initial_state", initial_state, bu)
-        expect_finite("initial_state", torch.view_as_real(initial_state))  # (B, P): cheap
+        expect_finite("initial_state", initial_state)  # (B, P): cheap
     if resets is not None:
         expect_bool_mask("resets", resets, batch, length)
         expect_same_device("resets", resets, bu)

@@ -48,6 +48,7 @@ from numba import prange
 from .._checks import is_compiling
 
 _BLOCK = 128  # time steps per block of a backwards walk (module docstring)
+_NUMPY = {torch.complex64: np.complex64, torch.complex128: np.complex128}
 
 
 @numba.njit(inline="always")
@@ -235,14 +236,11 @@ def _splits(batch: int, size: int) -> int:
     return max(1, min(size // 16, -(-threads // batch)))
 
 
-def _layout(lambda_bar: torch.Tensor) -> torch.Tensor:
-    return lambda_bar.reshape(1, 1, -1) if lambda_bar.dim() == 1 else lambda_bar
-
-
 def _flags(resets: torch.Tensor | None, batch: int, length: int) -> np.ndarray:
+    """The resets as a bool array (B, L); all False if None."""
     if resets is None:
         return np.zeros((batch, length), dtype=np.bool_)
-    return resets.contiguous().numpy()
+    return _array(resets)
 
 
 def _sink(batch: int, splits: int) -> np.ndarray:
@@ -250,43 +248,85 @@ def _sink(batch: int, splits: int) -> np.ndarray:
     return np.empty(batch * splits, dtype=np.float64)
 
 
+def _array(t: torch.Tensor) -> np.ndarray:
+    """t as a C-contiguous NumPy array: t's memory when t is contiguous (always so for the
+    kernels' outputs, which are allocated here), else a copy, as also when t carries
+    torch's lazy conjugate or negative bit (which a view would ignore).
+
+    NumPy rather than torch ops on purpose: each torch op in a call costs tens of
+    microseconds when the scan before it has flushed the caches (see _forward_impl)."""
+    return np.ascontiguousarray(t.numpy(force=True))
+
+
+def _output_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialised contiguous tensor of t's shape and dtype for a kernel to write: a
+    kernel's output must be contiguous, or _array would hand the kernel a copy of it."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
 def _floats(t: torch.Tensor) -> np.ndarray:
-    """A contiguous complex tensor (..., P) as a float array (..., 2P), (re, im) interleaved."""
-    return torch.view_as_real(t).flatten(-2).numpy()
+    """A complex tensor (..., P) as a float array (..., 2P), (re, im) interleaved (_array)."""
+    return _real_view(_array(t))
+
+
+def _real_view(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous complex array (..., P) as floats (..., 2P), sharing memory."""
+    return a.view(a.real.dtype)
+
+
+def _complex(floats: np.ndarray) -> torch.Tensor:
+    """A kernel's float output (..., 2P) as a complex tensor (..., P), sharing memory."""
+    return torch.from_numpy(floats.view(np.complex64 if floats.dtype == np.float32 else np.complex128))
+
+
+def _lam_floats(lambda_bar: torch.Tensor) -> np.ndarray:
+    """Λ̄ (P,), (1|B, 1, P) or (1|B, L, P) as floats (1|B, 1|L, 2P)."""
+    lam = _floats(lambda_bar)
+    return lam.reshape(1, 1, -1) if lam.ndim == 1 else lam
+
+
+def _state(initial_state: torch.Tensor | None, batch: int, size: int, dtype: torch.dtype) -> np.ndarray:
+    """The initial state as a complex array (B, P) (_array); zeros if None."""
+    if initial_state is None:
+        return np.zeros((batch, size), dtype=_NUMPY[dtype])
+    return _array(initial_state)
 
 
 def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool, in_place: bool = False) -> torch.Tensor:
-    """The states (B, L, P); in_place: written over `bu` (contiguous, owned by the caller)."""
-    lam = _layout(lambda_bar).contiguous()
+    """The states (B, L, P); in_place: written over `bu` (contiguous, owned by the caller).
+
+    A call costs ~0.1-0.3 ms of Python when the scan before it has flushed the caches
+    (`s5ssm bench`, scan: about a tenth of a B=8, L=4096, P=128 scan), so the arguments are
+    made with as few torch ops as possible: NumPy views and NumPy zeros.
+    """
     bu = bu if in_place else bu.contiguous()
-    init = initial_state.contiguous() if initial_state is not None else bu.new_zeros(bu.shape[0], bu.shape[2])
-    out = bu if in_place else torch.empty_like(bu)
+    out = bu if in_place else _output_like(bu)
     batch, length, size = bu.shape
-    flags = _flags(resets, batch, length)
     splits = _splits(batch, size)
     _forward_kernel(
-        _floats(lam), _floats(bu), _floats(init), flags, reverse, in_place, splits, _floats(out), _sink(batch, splits)
-    )
+        _lam_floats(lambda_bar), _floats(bu), _real_view(_state(initial_state, batch, size, bu.dtype)),
+        _flags(resets, batch, length), reverse, in_place, splits, _floats(out), _sink(batch, splits),
+    )  # fmt: skip
     return out
 
 
 def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, grad, in_place: bool = False):
     """(d Λ̄, d bu, d initial_state); in_place: d bu is written over `grad` (contiguous, owned by the caller)."""
-    lam = _layout(lambda_bar).contiguous()
     batch, length, size = states.shape
-    init = initial_state.contiguous() if initial_state is not None else states.new_zeros(batch, size)
-    d_bu = grad if in_place else torch.empty_like(states)
-    d_lam = states.new_zeros(batch, lam.shape[1], size)
-    d_init = torch.empty_like(init)
+    lam = _lam_floats(lambda_bar)
+    d_bu = grad if in_place else _output_like(states)
+    d_lam = np.zeros((batch, lam.shape[1], 2 * size), dtype=lam.dtype)
+    d_init = np.empty((batch, 2 * size), dtype=lam.dtype)
+    init = _real_view(_state(initial_state, batch, size, states.dtype))
     splits = _splits(batch, size)
     _backward_kernel(
-        _floats(lam), _floats(states.contiguous()), _floats(init), _flags(resets, batch, length), reverse,
-        in_place, splits, _floats(grad.contiguous()), _floats(d_bu), _floats(d_lam), _floats(d_init),
-        _sink(batch, splits),
+        lam, _floats(states), init, _flags(resets, batch, length), reverse, in_place, splits, _floats(grad),
+        _floats(d_bu), d_lam, d_init, _sink(batch, splits),
     )  # fmt: skip
     if lam.shape[0] == 1:
-        d_lam = d_lam.sum(dim=0, keepdim=True)
-    return d_lam.reshape(lambda_bar.shape), d_bu, d_init
+        d_lam = d_lam.sum(axis=0, keepdims=True)
+    return _complex(d_lam).reshape(lambda_bar.shape), d_bu, _complex(d_init)
+
 
 
 if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.compile
@@ -303,7 +343,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.co
 
     @_forward_op.register_fake
     def _(lambda_bar, bu, initial_state, resets, reverse):
-        return torch.empty_like(bu)
+        return _output_like(bu)
 
     @torch.library.custom_op("s5ssm::scan_backward", mutates_args=())
     def _backward_op(
@@ -319,7 +359,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.co
     @_backward_op.register_fake
     def _(lambda_bar, states, initial_state, resets, reverse, grad):
         batch, _, size = states.shape
-        return torch.empty_like(lambda_bar), torch.empty_like(states), states.new_empty(batch, size)
+        return torch.empty_like(lambda_bar), _output_like(states), states.new_empty(batch, size)
 
 else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still works)
     _forward_op, _backward_op = _forward_impl, _backward_impl

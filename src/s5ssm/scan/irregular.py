@@ -44,7 +44,7 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
-from .cpu import _flags, _op_or_impl, _sink, _splits, _task_span, _touch_rows
+from .cpu import _array, _flags, _op_or_impl, _output_like, _sink, _splits, _state, _task_span, _touch_rows
 
 METHODS = ("zoh", "bilinear")
 # Time steps per block of a backwards walk, touched first (cpu._touch_rows). The same value
@@ -427,13 +427,12 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
 
 
 def _arrays(Lambda, delta, scale, initial_state, v):
-    """The kernels' inputs in v's precision: Λ, 1/Λ (computed in complex128) and Δ (P,);
-    scale (B, L); and the initial state (zeros if None)."""
+    """The kernels' inputs as NumPy arrays (cpu._array) in v's precision: Λ, 1/Λ (computed
+    in complex128) and Δ (P,); scale (B, L); and the initial state (B, P), zeros if None."""
     lam = Lambda.detach().to(torch.complex128)
-    as_numpy = lambda t, dtype: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
-    init = initial_state if initial_state is not None else v.new_zeros(v.shape[0], v.shape[2])
+    as_numpy = lambda t, dtype: _array(t.to(dtype))  # noqa: E731
     return (as_numpy(lam, v.dtype), as_numpy(1 / lam, v.dtype), as_numpy(delta, v.real.dtype),
-            as_numpy(scale, v.real.dtype), init.detach().contiguous())  # fmt: skip
+            as_numpy(scale, v.real.dtype), _state(initial_state, v.shape[0], v.shape[2], v.dtype))  # fmt: skip
 
 
 def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh: bool):
@@ -452,11 +451,11 @@ def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh:
 def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool, zoh: bool) -> torch.Tensor:
     lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     v = v.contiguous()
-    out = torch.empty_like(v)
+    out = _output_like(v)
     batch, length, size = v.shape
     splits = _splits(batch, size)
-    _forward_kernel(lam, inv_lam, dl, sc, v.numpy(), init.numpy(), _flags(resets, batch, length), reverse, zoh,
-                    splits, out.numpy(), _sink(batch, splits))  # fmt: skip
+    _forward_kernel(lam, inv_lam, dl, sc, _array(v), init, _flags(resets, batch, length), reverse, zoh,
+                    splits, _array(out), _sink(batch, splits))  # fmt: skip
     return out
 
 
@@ -469,17 +468,16 @@ def _backward_impl(
     lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     batch, length, size = v.shape
     splits = _splits(batch, size)
-    d_v = grad if in_place else torch.empty_like(v)
+    d_v = grad if in_place else _output_like(v)
     acc = torch.zeros(batch, 3, size, dtype=torch.complex128)
     d_scale = np.zeros((splits, batch, length), dtype=np.float64)
-    d_init = torch.empty_like(init)
+    d_init = np.empty_like(init)
     _backward_kernel(
-        lam, inv_lam, dl, sc, v.contiguous().numpy(), states.contiguous().numpy(), init.numpy(),
-        _flags(resets, batch, length), reverse, zoh, splits, grad.contiguous().numpy(), in_place,
-        d_v.numpy(), acc.numpy(), d_scale, d_init.numpy(), _sink(batch, splits),
+        lam, inv_lam, dl, sc, _array(v), _array(states), init, _flags(resets, batch, length), reverse, zoh,
+        splits, _array(grad), in_place, _array(d_v), acc.numpy(), d_scale, d_init, _sink(batch, splits),
     )  # fmt: skip
     d_lam, d_delta = _finalize(acc.sum(dim=0), Lambda, delta, zoh)
-    return d_lam, d_delta, torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype), d_v, d_init
+    return d_lam, d_delta, torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype), d_v, torch.from_numpy(d_init)
 
 
 if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.compile
@@ -499,7 +497,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.co
 
     @_forward_op.register_fake
     def _(Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
-        return torch.empty_like(v)
+        return _output_like(v)
 
     @torch.library.custom_op("s5ssm::irregular_scan_backward", mutates_args=())
     def _backward_op(
@@ -519,7 +517,7 @@ if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.co
     @_backward_op.register_fake
     def _(Lambda, delta, scale, v, states, initial_state, resets, reverse, zoh, grad):
         batch, _, size = v.shape
-        return (torch.empty_like(Lambda), torch.empty_like(delta), torch.empty_like(scale), torch.empty_like(v),
+        return (torch.empty_like(Lambda), torch.empty_like(delta), torch.empty_like(scale), _output_like(v),
                 v.new_empty(batch, size))  # fmt: skip
 
 else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still works)
