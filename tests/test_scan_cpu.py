@@ -67,6 +67,21 @@ def test_lazily_conjugated_and_strided_inputs(lam_shape):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_in_place_kernels_refuse_a_buffer_they_would_only_copy():
+    """in_place writes into the caller's buffer; a non-contiguous one would be copied for
+    the kernel and the result lost, so it is an error (the fused layer passes its own)."""
+    lam, bu, _, _ = random_inputs((P,), B, L, P)
+    strided = bu.transpose(0, 1).contiguous().transpose(0, 1)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu._forward_impl(lam, strided, None, None, False, in_place=True)
+    states = cpu._forward_impl(lam, bu, None, None, False)
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu._backward_impl(lam, states, None, None, False, strided, in_place=True)
+    copy = bu.clone()  # and a contiguous buffer is written in place
+    assert cpu._forward_impl(lam, copy, None, None, False, in_place=True).data_ptr() == copy.data_ptr()
+    torch.testing.assert_close(copy, states)
+
+
 def test_length_one_and_batch_one():
     for shape in [(1,), (1, 1, 1)]:
         lam, bu, s0, r = random_inputs(shape, 1, 1, 1)

@@ -249,18 +249,26 @@ def _sink(batch: int, splits: int) -> np.ndarray:
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
-    """t as a C-contiguous NumPy array: t's memory when t is contiguous (always so for the
-    kernels' outputs, which are allocated here), else a copy, as also when t carries
-    torch's lazy conjugate or negative bit (which a view would ignore).
+    """t as a C-contiguous NumPy array for a kernel to read: t's memory when t is
+    contiguous, else a copy, as also when t carries torch's lazy conjugate or negative bit
+    (which a view would ignore). Outputs go through _writable.
 
     NumPy rather than torch ops on purpose: each torch op in a call costs tens of
     microseconds when the scan before it has flushed the caches (see _forward_impl)."""
     return np.ascontiguousarray(t.numpy(force=True))
 
 
+def _writable(t: torch.Tensor) -> np.ndarray:
+    """t's own memory as a NumPy array, for a kernel to write an output into. Raises if t is
+    not contiguous or carries a lazy conjugate or negative bit: _array would give the
+    kernel a copy, and the output would be lost."""
+    if not t.is_contiguous() or t.is_conj() or t.is_neg():
+        raise ValueError("a scan kernel writes only into a contiguous tensor without a conjugate or negative bit")
+    return t.numpy(force=True)  # force: detach only; no copy of such a tensor
+
+
 def _output_like(t: torch.Tensor) -> torch.Tensor:
-    """An uninitialised contiguous tensor of t's shape and dtype for a kernel to write: a
-    kernel's output must be contiguous, or _array would hand the kernel a copy of it."""
+    """An uninitialised contiguous tensor of t's shape and dtype, for a kernel to write (_writable)."""
     return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
@@ -306,7 +314,7 @@ def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool, in_place
     splits = _splits(batch, size)
     _forward_kernel(
         _lam_floats(lambda_bar), _floats(bu), _real_view(_state(initial_state, batch, size, bu.dtype)),
-        _flags(resets, batch, length), reverse, in_place, splits, _floats(out), _sink(batch, splits),
+        _flags(resets, batch, length), reverse, in_place, splits, _real_view(_writable(out)), _sink(batch, splits),
     )  # fmt: skip
     return out
 
@@ -322,7 +330,7 @@ def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, gra
     splits = _splits(batch, size)
     _backward_kernel(
         lam, _floats(states), init, _flags(resets, batch, length), reverse, in_place, splits, _floats(grad),
-        _floats(d_bu), d_lam, d_init, _sink(batch, splits),
+        _real_view(_writable(d_bu)), d_lam, d_init, _sink(batch, splits),
     )  # fmt: skip
     if lam.shape[0] == 1:
         d_lam = d_lam.sum(axis=0, keepdims=True)

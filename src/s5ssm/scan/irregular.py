@@ -44,7 +44,7 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
-from .cpu import _array, _flags, _op_or_impl, _output_like, _sink, _splits, _state, _task_span, _touch_rows
+from .cpu import _array, _flags, _op_or_impl, _output_like, _sink, _splits, _state, _task_span, _touch_rows, _writable
 
 METHODS = ("zoh", "bilinear")
 # Time steps per block of a backwards walk, touched first (cpu._touch_rows). The same value
@@ -455,7 +455,7 @@ def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool,
     batch, length, size = v.shape
     splits = _splits(batch, size)
     _forward_kernel(lam, inv_lam, dl, sc, _array(v), init, _flags(resets, batch, length), reverse, zoh,
-                    splits, _array(out), _sink(batch, splits))  # fmt: skip
+                    splits, _writable(out), _sink(batch, splits))  # fmt: skip
     return out
 
 
@@ -474,7 +474,7 @@ def _backward_impl(
     d_init = np.empty_like(init)
     _backward_kernel(
         lam, inv_lam, dl, sc, _array(v), _array(states), init, _flags(resets, batch, length), reverse, zoh,
-        splits, _array(grad), in_place, _array(d_v), acc.numpy(), d_scale, d_init, _sink(batch, splits),
+        splits, _array(grad), in_place, _writable(d_v), acc.numpy(), d_scale, d_init, _sink(batch, splits),
     )  # fmt: skip
     d_lam, d_delta = _finalize(acc.sum(dim=0), Lambda, delta, zoh)
     return d_lam, d_delta, torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype), d_v, torch.from_numpy(d_init)
