@@ -81,3 +81,25 @@ def test_stream_cache_is_read_only_and_copies_are_rechecked():
         model.step(x_t, poisoned)
     y, _ = model.step(x_t, dict(cache))  # an unchanged plain copy is accepted
     assert torch.isfinite(y).all()
+
+
+def test_states_given_as_conj_views_are_read_as_their_values():
+    """A state with torch's lazy conjugate bit (x.conj()) is checked and used by value, in the
+    layer's step and in the model's compiled and torch-ops steps."""
+    torch.manual_seed(0)
+    layer = S5SSM(4, 6).double()
+    state = torch.randn(2, layer.num_states, dtype=torch.complex128)
+    u = torch.randn(2, 4, dtype=torch.float64)
+    for a, b in zip(layer.step(u, state.conj()), layer.step(u, state.conj().resolve_conj())):
+        torch.testing.assert_close(a, b)
+    model = S5Model(embed_dim=3, hidden_size=4, state_size=4, num_layers=2).double().eval()
+    x_t = torch.randn(2, 3, dtype=torch.float64)
+    _, cache = model.step(x_t, model.init_cache(2))
+    lazy = dict(cache, states=tuple(s.conj() for s in cache["states"]))
+    resolved = dict(cache, states=tuple(s.conj().resolve_conj() for s in cache["states"]))
+    with torch.inference_mode():  # the compiled step
+        torch.testing.assert_close(model.step(x_t, lazy)[0], model.step(x_t, resolved)[0])
+    torch.testing.assert_close(model.step(x_t, lazy)[0], model.step(x_t, resolved)[0])  # torch ops
+    nan = dict(cache, states=(cache["states"][0], torch.full_like(cache["states"][1], complex(float("nan"), 0)).conj()))
+    with pytest.raises(ValueError, match=r"cache\['states'\]\[1\] contains NaN"):
+        model.step(x_t, nan)
