@@ -36,3 +36,13 @@ def test_bad_repeats_is_rejected(capsys):
         bench.main(["--repeats", "0"])
     assert exit.value.code == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_growth_exponent_skips_peaks_that_are_not_positive():
+    """A quick run's peaks are fractions of a MiB and can round to 0: no log of them."""
+    from s5ssm.bench.peak import _growth
+
+    rows = [{"L": 256, "cpu": {"rss_MiB": 0.0}}, {"L": 512, "cpu": {"rss_MiB": 1.0}}, {"L": 1024, "cpu": {"rss_MiB": 2.0}}]
+    assert _growth(rows, "cpu", "rss_MiB") == pytest.approx(1.0)
+    assert _growth(rows[:2], "cpu", "rss_MiB") is None
+    assert _growth([{"L": 256, "cpu": {"rss_MiB": -0.1}}, *rows[1:2]], "cpu", "rss_MiB") is None

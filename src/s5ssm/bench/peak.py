@@ -72,8 +72,9 @@ def measure(mode: str, length: int, backend: str, size: dict, timeout_s: float =
 
 
 def _growth(rows: list[dict], column: str, field: str) -> float | None:
-    """Exponent k of peak ∝ L^k between the shortest and the longest length measured."""
-    points = [(r["L"], r[column][field]) for r in rows if r.get(column) and r[column].get(field)]
+    """Exponent k of peak ∝ L^k between the shortest and the longest length measured with a
+    positive peak (a quick run's peaks can round to 0 MiB)."""
+    points = [(r["L"], r[column][field]) for r in rows if r.get(column) and (r[column].get(field) or 0) > 0]
     if len(points) < 2:
         return None
     (l0, m0), (l1, m1) = points[0], points[-1]
@@ -160,8 +161,8 @@ def _child(mode: str, length: int, backend: str, batch: int, hidden: int, state:
     layer.zero_grad(set_to_none=True)
     u.grad = None
     gc.collect()
+    reset = _reset_peak()  # VmHWM := the current RSS, so the growth below is never negative
     before = _status_kib("VmRSS:")
-    reset = _reset_peak()
     start = time.perf_counter()
     layer(u, step_scale=scale).backward(grad)
     seconds = time.perf_counter() - start
