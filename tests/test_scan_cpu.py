@@ -4,13 +4,22 @@ import itertools
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s5ssm.scan import cpu, linear_scan, reference
 
 B, L, P = 3, 7, 5
 LAMBDA_SHAPES = [(P,), (B, 1, P), (1, L, P), (B, L, P), (1, 1, P)]
+
+
+@pytest.fixture(params=["plain", "streamed"])
+def stores(request, monkeypatch):
+    """Runs a test with the kernels' outputs written by plain stores, and again streamed
+    (non-temporal, scan/nontemporal.py) whatever their size."""
+    if request.param == "streamed":
+        monkeypatch.setattr(cpu, "streams", lambda nbytes: True)
+    return request.param
 
 
 def random_inputs(lam_shape, batch, length, size, dtype=torch.complex128, init=True, resets=True, seed=0):
@@ -27,7 +36,7 @@ def random_inputs(lam_shape, batch, length, size, dtype=torch.complex128, init=T
 @pytest.mark.parametrize(
     "lam_shape,init,resets,reverse", list(itertools.product(LAMBDA_SHAPES, [False, True], [False, True], [False, True]))
 )
-def test_matches_reference_and_gradcheck(lam_shape, init, resets, reverse):
+def test_matches_reference_and_gradcheck(lam_shape, init, resets, reverse, stores):
     lam, bu, s0, r = random_inputs(lam_shape, B, L, P, init=init, resets=resets)
     torch.testing.assert_close(cpu.scan(lam, bu, s0, reverse, r), reference.scan(lam, bu, s0, reverse, r), rtol=1e-12, atol=1e-12)
     leaves = [t.requires_grad_() for t in (lam, bu) + ((s0,) if init else ())]
@@ -36,7 +45,7 @@ def test_matches_reference_and_gradcheck(lam_shape, init, resets, reverse):
 
 
 @pytest.mark.parametrize("reverse", [False, True])
-def test_float32_values_and_gradients_match_reference(reverse):
+def test_float32_values_and_gradients_match_reference(reverse, stores):
     lam, bu, s0, r = random_inputs((P * 4,), 4, 300, P * 4, dtype=torch.complex64, seed=3)
     for t in (lam, bu, s0):
         t.requires_grad_()
@@ -123,7 +132,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
         torch.testing.assert_close(a, b)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     batch=st.integers(1, 4),
     length=st.integers(1, 100),
@@ -131,7 +140,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     varying=st.booleans(),
     reverse=st.booleans(),
 )
-def test_property_random_shapes(batch, length, size, varying, reverse):
+def test_property_random_shapes(batch, length, size, varying, reverse, stores):
     """Values and gradients at random shapes (block edges: test_walks_across_blocks_of_time_steps)."""
     shape = (batch, length, size) if varying else (size,)
     lam, bu, s0, r = random_inputs(shape, batch, length, size, seed=batch * 1000 + length)
@@ -146,23 +155,41 @@ def test_property_random_shapes(batch, length, size, varying, reverse):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-@pytest.mark.parametrize("length", [cpu._BLOCK - 1, cpu._BLOCK + 1, 2 * cpu._BLOCK + 37])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_walks_across_blocks_of_time_steps(dtype, length, reverse):
-    """Both backwards walks go block by block (cpu._BLOCK): values, the in-place forward, and
-    gradients against the reference at lengths around and across block edges, in complex64
-    (16 floats per cache line) and complex128 (8)."""
-    batch, size = 2, 19
-    lam, bu, s0, r = random_inputs((size,), batch, length, size, dtype=dtype, seed=length)
-    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.complex64 else {"rtol": 1e-11, "atol": 1e-11}
+def _kernels_match_reference(inputs, reverse):
+    """The forward kernel (out of place and in place) and the backward kernel (both ways)
+    against the reference scan and its autograd, at complex64 or complex128 tolerances."""
+    lam, bu, s0, r = inputs
+    tol = {"rtol": 1e-4, "atol": 1e-4} if bu.dtype == torch.complex64 else {"rtol": 1e-11, "atol": 1e-11}
     want = reference.scan(lam, bu, s0, reverse, r)
     torch.testing.assert_close(cpu._forward_impl(lam, bu, s0, r, reverse), want, **tol)
     torch.testing.assert_close(cpu._forward_impl(lam, bu.clone(), s0, r, reverse, in_place=True), want, **tol)
-    grad = torch.randn(batch, length, size, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(bu.shape, dtype=bu.dtype, generator=torch.Generator().manual_seed(1))
     leaves = [t.clone().requires_grad_() for t in (lam, bu, s0)]
     expected = torch.autograd.grad(reference.scan(*leaves, reverse, r), leaves, grad)
     for in_place in (False, True):
         got = cpu._backward_impl(lam, want, s0, r, reverse, grad.clone(), in_place=in_place)
         for a, b in zip(got, expected):
             torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("length", [cpu._BLOCK - 1, cpu._BLOCK + 1, 2 * cpu._BLOCK + 37])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_walks_across_blocks_of_time_steps(dtype, length, reverse, stores):
+    """Both backwards walks go block by block (cpu._BLOCK): values, the in-place forward, and
+    gradients against the reference at lengths around and across block edges, in complex64
+    (16 floats per cache line) and complex128 (8)."""
+    batch, size = 2, 19
+    _kernels_match_reference(random_inputs((size,), batch, length, size, dtype=dtype, seed=length), reverse)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lam_shape", [(40,), (1, 150, 40)])
+def test_sequences_split_into_blocks_of_states(dtype, reverse, lam_shape, stores, monkeypatch):
+    """With fewer sequences than threads each sequence's states are split between tasks
+    (cpu._splits); here into three blocks, whose rows start mid-line: values and gradients
+    against the reference, in place too."""
+    monkeypatch.setattr(cpu, "_splits", lambda batch, size: 3)
+    batch, length, size = 1, 150, 40
+    _kernels_match_reference(random_inputs(lam_shape, batch, length, size, dtype=dtype, seed=5), reverse)

@@ -26,6 +26,12 @@ whose arrays need many runtime overlap checks). With the carry in planes as well
 more array in the loop) the forward was slower. Every input is still read, and every
 output written, once.
 
+Large outputs (the forward's states, the backward's d bu; at least
+nontemporal.STREAM_BYTES, and not written in place) are stored non-temporally: a step
+computes its row into the carry (or a row buffer), which is then streamed to memory
+without the read of the old line that a plain store makes. The forward then moves two
+streams of bytes instead of three, and a backwards walk no longer touches the output.
+
 A walk backwards through memory (the reverse scan, and the backward of a forward scan)
 runs ~2.5x slower than a forward one on this machine, whose prefetchers do not follow a
 descending stream. Those walks go block by block (_BLOCK steps): each block's rows (the
@@ -46,6 +52,7 @@ import torch
 from numba import prange
 
 from .._checks import is_compiling
+from .nontemporal import drain, store_row, streams
 
 _BLOCK = 128  # time steps per block of a backwards walk (module docstring)
 _NUMPY = {torch.complex64: np.complex64, torch.complex128: np.complex128}
@@ -80,12 +87,25 @@ def _task_span(task, splits, size):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _step(u, o, aliased, reset, x, l_re, l_im):  # pragma: no cover - compiled
+def _step(u, o, aliased, stream, reset, x, l_re, l_im):  # pragma: no cover - compiled
     """One step on interleaved rows: x = u at a reset, else x = Λ̄ x + u; o = x. The state x
     is interleaved like the rows, Λ̄ is in planes (re, im). aliased: o is u (read through o,
-    so LLVM sees one array)."""
+    so LLVM sees one array). stream: o is written from x afterwards, with non-temporal
+    stores (nontemporal.store_row); never with aliased. Plain stores go in the same loop
+    as x's: as a second pass, like the streamed one, they were slower."""
     n = l_re.shape[0]
-    if reset:
+    if stream:
+        if reset:
+            for j in range(2 * n):
+                x[j] = u[j]
+        else:
+            for j in range(n):
+                re = l_re[j] * x[2 * j] - l_im[j] * x[2 * j + 1] + u[2 * j]
+                im = l_re[j] * x[2 * j + 1] + l_im[j] * x[2 * j] + u[2 * j + 1]
+                x[2 * j] = re
+                x[2 * j + 1] = im
+        store_row(o, 0, x, True)
+    elif reset:
         for j in range(2 * n):
             x[j] = u[j]
             o[j] = u[j]
@@ -108,10 +128,11 @@ def _step(u, o, aliased, reset, x, l_re, l_im):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out, sink):  # pragma: no cover - compiled
+def _forward_kernel(lam, bu, init, resets, reverse, in_place, stream, splits, out, sink):  # pragma: no cover - compiled
     """Float views: lam (B|1, L|1, 2P), bu/out (B, L, 2P), init (B, 2P), (re, im) interleaved;
     sink float64 (B * splits,) receives the sums of _touch_rows. A reverse scan goes block by
-    block, each block touched in ascending order first (module docstring)."""
+    block, each block touched in ascending order first (module docstring). stream: out is
+    written with non-temporal stores (not with in_place), so it is not touched."""
     batch, length, size2 = bu.shape
     size = size2 // 2
     lam_b = 1 if lam.shape[0] > 1 else 0
@@ -129,7 +150,8 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out, sink)
             k0 = (blocks - 1 - q if reverse else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
             if reverse:
-                touched += _touch_rows(out, b, k0, rows, 2 * lo, 2 * hi)
+                if not stream:
+                    touched += _touch_rows(out, b, k0, rows, 2 * lo, 2 * hi)
                 if not in_place:
                     touched += _touch_rows(bu, b, k0, rows, 2 * lo, 2 * hi)
             for i in range(rows):
@@ -141,7 +163,9 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, splits, out, sink)
                         l_im[j] = row[2 * j + 1]
                 o = out[b, k, 2 * lo : 2 * hi]
                 u = o if in_place else bu[b, k, 2 * lo : 2 * hi]
-                _step(u, o, in_place, resets[b, k], x, l_re, l_im)
+                _step(u, o, in_place, stream, resets[b, k], x, l_re, l_im)
+        if stream:
+            drain()
         sink[task] = touched
 
 
@@ -179,12 +203,14 @@ def _adjoint_step(g_in, g_out, x, reset, c, l_re, l_im, s, d_row):  # pragma: no
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract"})
-def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad, d_bu, d_lam, d_init, sink):  # pragma: no cover
+def _backward_kernel(lam, states, init, resets, reverse, in_place, stream, splits, grad, d_bu, d_lam, d_init, sink):  # pragma: no cover
     """Float views as in _forward_kernel; d_lam (B, 1|L, 2P) zeros, d_init (B, 2P), sink as
     in _forward_kernel. in_place: d_bu is grad (read then overwritten, element by element;
     the step then sees one array, as _step does). The adjoint runs against the scan's
     direction; for a forward scan that is a walk backwards, block by block, each block's dx,
-    x_{k-1} and d bu rows touched in ascending order first (module docstring)."""
+    x_{k-1} and d bu rows touched in ascending order first (module docstring). stream: d bu
+    is written with non-temporal stores from a row in cache (not with in_place), and not
+    touched."""
     batch, length, size2 = states.shape
     size = size2 // 2
     lam_b = 1 if lam.shape[0] > 1 else 0
@@ -198,6 +224,7 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
         l_re = np.empty(n, dtype=states.dtype)
         l_im = np.empty(n, dtype=states.dtype)
         s = np.zeros(2 * n, dtype=states.dtype)  # Σ_k dΛ̄_k for a time-invariant Λ̄, interleaved
+        g = np.empty(2 * n, dtype=states.dtype)  # a d bu row on its way to be streamed
         no_row = d_lam[b, 0, 0:0]
         start = init[b, 2 * lo : 2 * hi]
         edge = 0 if backwards else length - 1  # the step whose x_prev is the initial state
@@ -208,7 +235,7 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
             if backwards:
                 touched += _touch_rows(grad, b, k0, rows, 2 * lo, 2 * hi)
                 touched += _touch_rows(states, b, k0 - 1, rows, 2 * lo, 2 * hi)
-                if not in_place:
+                if not (in_place or stream):
                     touched += _touch_rows(d_bu, b, k0, rows, 2 * lo, 2 * hi)
             for i in range(rows):
                 k = k0 + (rows - 1 - i if backwards else i)
@@ -222,11 +249,16 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, splits, grad,
                 x = start if k == edge else states[b, k - 1 if backwards else k + 1, 2 * lo : 2 * hi]
                 if in_place:
                     _adjoint_step(g_in, g_in, x, resets[b, k], c, l_re, l_im, s, d_row)
+                elif stream:
+                    _adjoint_step(g_in, g, x, resets[b, k], c, l_re, l_im, s, d_row)
+                    store_row(d_bu[b, k], 2 * lo, g, True)
                 else:
                     _adjoint_step(g_in, d_bu[b, k, 2 * lo : 2 * hi], x, resets[b, k], c, l_re, l_im, s, d_row)
         if lam_l == 0:
             d_lam[b, 0, 2 * lo : 2 * hi] = s
         d_init[b, 2 * lo : 2 * hi] = c
+        if stream:
+            drain()
         sink[task] = touched
 
 
@@ -312,9 +344,11 @@ def _forward_impl(lambda_bar, bu, initial_state, resets, reverse: bool, in_place
     out = bu if in_place else _output_like(bu)
     batch, length, size = bu.shape
     splits = _splits(batch, size)
+    stream = not in_place and streams(out.nbytes)
     _forward_kernel(
         _lam_floats(lambda_bar), _floats(bu), _real_view(_state(initial_state, batch, size, bu.dtype)),
-        _flags(resets, batch, length), reverse, in_place, splits, _real_view(_writable(out)), _sink(batch, splits),
+        _flags(resets, batch, length), reverse, in_place, stream, splits, _real_view(_writable(out)),
+        _sink(batch, splits),
     )  # fmt: skip
     return out
 
@@ -328,8 +362,9 @@ def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, gra
     d_init = np.empty((batch, 2 * size), dtype=lam.dtype)
     init = _real_view(_state(initial_state, batch, size, states.dtype))
     splits = _splits(batch, size)
+    stream = not in_place and streams(d_bu.nbytes)
     _backward_kernel(
-        lam, _floats(states), init, _flags(resets, batch, length), reverse, in_place, splits, _floats(grad),
+        lam, _floats(states), init, _flags(resets, batch, length), reverse, in_place, stream, splits, _floats(grad),
         _real_view(_writable(d_bu)), d_lam, d_init, _sink(batch, splits),
     )  # fmt: skip
     if lam.shape[0] == 1:

@@ -1,0 +1,50 @@
+"""Non-temporal row stores (scan/nontemporal.py) against plain slice assignment.
+
+The kernels that use them are tested streamed in test_scan_cpu.py (the `stores` fixture)."""
+
+import numba
+import numpy as np
+import pytest
+
+from s5ssm.scan import nontemporal
+
+
+@numba.njit
+def _store(dst, start, src, stream):
+    nontemporal.store_row(dst, start, src, stream)
+    nontemporal.drain()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stream", [False, True])
+def test_rows_at_every_alignment_and_length(dtype, stream):
+    """Every start within a line and lengths around whole lines: exactly dst[start:start+n]
+    changes, to src, whichever part goes as aligned lines."""
+    width = 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(0)
+    for start in range(width + 1):
+        for n in [0, 1, width - 1, width, width + 1, 3 * width + 5]:
+            dst = rng.standard_normal(start + n + 2 * width).astype(dtype)
+            src = rng.standard_normal(n).astype(dtype)
+            want = dst.copy()
+            want[start : start + n] = src
+            _store(dst, start, src, stream)
+            np.testing.assert_array_equal(dst, want)
+
+
+def test_rows_of_a_strided_parent_array():
+    """A kernel's row is a slice of a 3-d array (out[b, k, lo:hi]): the address is the
+    slice's, not the parent's."""
+    out = np.zeros((2, 3, 37), dtype=np.float32)
+    src = np.arange(20, dtype=np.float32) + 1
+    for b in range(2):
+        for k in range(3):
+            _store(out[b, k, 7:27], 0, src, True)
+    np.testing.assert_array_equal(out[:, :, 7:27], np.broadcast_to(src, (2, 3, 20)))
+    assert not out[:, :, :7].any() and not out[:, :, 27:].any()
+
+
+def test_only_outputs_past_the_threshold_are_streamed():
+    assert nontemporal.streams(nontemporal.STREAM_BYTES)
+    assert not nontemporal.streams(nontemporal.STREAM_BYTES - 1)
+    assert nontemporal.STREAM_BYTES >= 1 << 20
