@@ -48,3 +48,34 @@ def test_only_outputs_past_the_threshold_are_streamed():
     assert nontemporal.streams(nontemporal.STREAM_BYTES)
     assert not nontemporal.streams(nontemporal.STREAM_BYTES - 1)
     assert nontemporal.STREAM_BYTES >= 1 << 20
+
+
+@numba.njit
+def _steps(x, u, o, lam_row, reset):
+    a = np.empty_like(x)
+    b = np.empty_like(x)
+    nontemporal.lambda_pairs(lam_row, a, b)
+    nontemporal.stream_step(x, u, o, a, b, reset)
+    nontemporal.drain()
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+@pytest.mark.parametrize("reset", [False, True])
+def test_stream_step_is_the_complex_multiply_add(dtype, reset):
+    """x = Λ̄ x + u (or u at a reset) and o = x, against complex NumPy, for rows starting at
+    every complex offset within a line and of lengths around whole lines."""
+    per_line = 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(1)
+    tol = 1e-6 if dtype == np.complex64 else 1e-14
+    for start in range(per_line + 1):
+        for n in [1, per_line - 1, per_line, 2 * per_line + 3, 5 * per_line]:
+            draw = lambda m: (rng.standard_normal(m) + 1j * rng.standard_normal(m)).astype(dtype)  # noqa: E731
+            lam, x, u = draw(n), draw(n), draw(n)
+            out = draw(start + n + per_line)
+            want_out = out.copy()
+            want = u if reset else lam * x + u
+            want_out[start : start + n] = want
+            floats = lambda c: c.view(c.real.dtype)  # noqa: E731
+            _steps(floats(x), floats(u), floats(out[start : start + n]), floats(lam), reset)
+            np.testing.assert_allclose(x, want, rtol=tol, atol=tol)
+            np.testing.assert_allclose(out, want_out, rtol=tol, atol=tol)

@@ -27,10 +27,12 @@ more array in the loop) the forward was slower. Every input is still read, and e
 output written, once.
 
 Large outputs (the forward's states, the backward's d bu; at least
-nontemporal.STREAM_BYTES, and not written in place) are stored non-temporally: a step
-computes its row into the carry (or a row buffer), which is then streamed to memory
-without the read of the old line that a plain store makes. The forward then moves two
-streams of bytes instead of three, and a backwards walk no longer touches the output.
+nontemporal.STREAM_BYTES, and not written in place) are stored non-temporally, without
+the read of the old line that a plain store makes: the forward then moves two streams of
+bytes instead of three, and a backwards walk no longer touches the output. The forward's
+streamed step is written as explicit vectors (nontemporal.stream_step): with the memory
+traffic cut, the shuffles of LLVM's own vectorisation showed in its time. The backward
+computes a row of d bu in cache and streams it (nontemporal.store_row).
 
 A walk backwards through memory (the reverse scan, and the backward of a forward scan)
 runs ~2.5x slower than a forward one on this machine, whose prefetchers do not follow a
@@ -52,7 +54,7 @@ import torch
 from numba import prange
 
 from .._checks import is_compiling
-from .nontemporal import drain, store_row, streams
+from .nontemporal import drain, lambda_pairs, store_row, stream_step, streams
 
 _BLOCK = 128  # time steps per block of a backwards walk (module docstring)
 _NUMPY = {torch.complex64: np.complex64, torch.complex128: np.complex128}
@@ -87,25 +89,25 @@ def _task_span(task, splits, size):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
+def _planes(row, l_re, l_im):  # pragma: no cover - compiled
+    """Λ̄'s row (2n,), (re, im) interleaved, into planes l_re, l_im (n,)."""
+    for j in range(l_re.shape[0]):
+        l_re[j] = row[2 * j]
+        l_im[j] = row[2 * j + 1]
+
+
+@numba.njit(inline="always")
 def _step(u, o, aliased, stream, reset, x, l_re, l_im):  # pragma: no cover - compiled
     """One step on interleaved rows: x = u at a reset, else x = Λ̄ x + u; o = x. The state x
-    is interleaved like the rows, Λ̄ is in planes (re, im). aliased: o is u (read through o,
-    so LLVM sees one array). stream: o is written from x afterwards, with non-temporal
-    stores (nontemporal.store_row); never with aliased. Plain stores go in the same loop
-    as x's: as a second pass, like the streamed one, they were slower."""
-    n = l_re.shape[0]
+    is interleaved like the rows, Λ̄ is in planes (re, im), (n,) each. aliased: o is u
+    (read through o, so LLVM sees one array). stream: o's lines are streamed, and Λ̄ comes
+    as pairs (2n,) each (nontemporal.stream_step; these plain loops are its reference);
+    never with aliased."""
     if stream:
-        if reset:
-            for j in range(2 * n):
-                x[j] = u[j]
-        else:
-            for j in range(n):
-                re = l_re[j] * x[2 * j] - l_im[j] * x[2 * j + 1] + u[2 * j]
-                im = l_re[j] * x[2 * j + 1] + l_im[j] * x[2 * j] + u[2 * j + 1]
-                x[2 * j] = re
-                x[2 * j + 1] = im
-        store_row(o, 0, x, True)
-    elif reset:
+        stream_step(x, u, o, l_re, l_im, reset)
+        return
+    n = l_re.shape[0]
+    if reset:
         for j in range(2 * n):
             x[j] = u[j]
             o[j] = u[j]
@@ -142,8 +144,8 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, stream, splits, ou
         b, _, lo, hi = _task_span(task, splits, size)
         n = hi - lo
         x = np.empty(2 * n, dtype=bu.dtype)  # the carried state, interleaved
-        l_re = np.empty(n, dtype=bu.dtype)
-        l_im = np.empty(n, dtype=bu.dtype)
+        l_re = np.empty(2 * n if stream else n, dtype=bu.dtype)  # Λ̄ as _step takes it
+        l_im = np.empty(2 * n if stream else n, dtype=bu.dtype)
         x[:] = init[b, 2 * lo : 2 * hi]
         touched = 0.0
         for q in range(blocks):
@@ -158,9 +160,10 @@ def _forward_kernel(lam, bu, init, resets, reverse, in_place, stream, splits, ou
                 k = k0 + (rows - 1 - i if reverse else i)
                 if (q == 0 and i == 0) or lam_l == 1:
                     row = lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi]
-                    for j in range(n):
-                        l_re[j] = row[2 * j]
-                        l_im[j] = row[2 * j + 1]
+                    if stream:
+                        lambda_pairs(row, l_re, l_im)
+                    else:
+                        _planes(row, l_re, l_im)
                 o = out[b, k, 2 * lo : 2 * hi]
                 u = o if in_place else bu[b, k, 2 * lo : 2 * hi]
                 _step(u, o, in_place, stream, resets[b, k], x, l_re, l_im)
@@ -240,10 +243,7 @@ def _backward_kernel(lam, states, init, resets, reverse, in_place, stream, split
             for i in range(rows):
                 k = k0 + (rows - 1 - i if backwards else i)
                 if (q == 0 and i == 0) or lam_l == 1:
-                    row = lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi]
-                    for j in range(n):
-                        l_re[j] = row[2 * j]
-                        l_im[j] = row[2 * j + 1]
+                    _planes(lam[lam_b * b, lam_l * k, 2 * lo : 2 * hi], l_re, l_im)
                 d_row = d_lam[b, k, 2 * lo : 2 * hi] if lam_l == 1 else no_row
                 g_in = grad[b, k, 2 * lo : 2 * hi]
                 x = start if k == edge else states[b, k - 1 if backwards else k + 1, 2 * lo : 2 * hi]
