@@ -25,7 +25,7 @@ streamed; the unaligned head and the tail of a row are plain stores.
 
 stream_step is written as vectors, not left to LLVM's vectoriser: on (re, im) interleaved
 rows that vectoriser splits and re-interleaves every operand with lane shuffles, while the
-complex multiply-add needs only one in-lane swap, of x:
+complex multiply-add needs only one in-lane swap, of x, and two multiply-adds:
     x' = a ⊙ x + b ⊙ swap(x) + u,   a = (Re λ, Re λ, ...),  b = (-Im λ, Im λ, ...)
 (`pairs` holds a and b). It also writes o in the same pass as x.
 """
@@ -130,16 +130,18 @@ def _step_lines(typingctx, x, u, o, a, b, start, count):
             for i in range(5)
         ]
         swap = ir.Constant(ir.VectorType(ir.IntType(32), width), [i ^ 1 for i in range(width)])
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{width}f{_LINE * 8 // width}"
+        # fmuladd: a fused multiply-add where the target has one, else a multiply and an add
+        # (llvm.fma would become a slow exact libm call on such a target)
+        muladd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{width}f{_LINE * 8 // width}"
         )
         with _lines(builder, args[6], width) as loop:
             offset = builder.mul(loop.index, ir.Constant(loop.index.type, width))
             x_p, u_p, o_p, a_p, b_p = (_vector_at(builder, base, offset, vector) for base in bases)
             x_v = builder.load(x_p, align=1)
             swapped = builder.shuffle_vector(x_v, x_v, swap)
-            partial = builder.call(fma, [builder.load(b_p, align=1), swapped, builder.load(u_p, align=1)])
-            new = builder.call(fma, [builder.load(a_p, align=1), x_v, partial])
+            partial = builder.call(muladd, [builder.load(b_p, align=1), swapped, builder.load(u_p, align=1)])
+            new = builder.call(muladd, [builder.load(a_p, align=1), x_v, partial])
             builder.store(new, x_p, align=1)
             _store_streaming(builder, new, o_p)
         return context.get_dummy_value()
