@@ -79,3 +79,14 @@ def test_stream_step_is_the_complex_multiply_add(dtype, reset):
             _steps(floats(x), floats(u), floats(out[start : start + n]), floats(lam), reset)
             np.testing.assert_allclose(x, want, rtol=tol, atol=tol)
             np.testing.assert_allclose(out, want_out, rtol=tol, atol=tol)
+
+
+def test_cache_size_falls_back_where_the_os_reports_none(monkeypatch):
+    """No sysconf (Windows), unknown names (macOS) or zeros (some VMs): 32 MiB is assumed."""
+    monkeypatch.delattr(nontemporal.os, "sysconf")
+    assert nontemporal._last_level_cache_bytes() == 32 << 20
+    monkeypatch.setattr(nontemporal.os, "sysconf", lambda name: 0, raising=False)
+    assert nontemporal._last_level_cache_bytes() == 32 << 20
+    sizes = {"SC_LEVEL2_CACHE_SIZE": 1 << 20, "SC_LEVEL3_CACHE_SIZE": 96 << 20}
+    monkeypatch.setattr(nontemporal.os, "sysconf", lambda name: sizes.get(name, 0))
+    assert nontemporal._last_level_cache_bytes() == 96 << 20

@@ -49,7 +49,7 @@ def _last_level_cache_bytes() -> int:
     for name in ("SC_LEVEL4_CACHE_SIZE", "SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
         try:
             sizes.append(os.sysconf(name))
-        except (ValueError, OSError):
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
             pass
     return max([s for s in sizes if s > 0], default=32 << 20)
 
