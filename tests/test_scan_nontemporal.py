@@ -90,3 +90,9 @@ def test_cache_size_falls_back_where_the_os_reports_none(monkeypatch):
     sizes = {"SC_LEVEL2_CACHE_SIZE": 1 << 20, "SC_LEVEL3_CACHE_SIZE": 96 << 20}
     monkeypatch.setattr(nontemporal.os, "sysconf", lambda name: sizes.get(name, 0))
     assert nontemporal._last_level_cache_bytes() == 96 << 20
+
+
+def test_the_threshold_is_read_at_each_call(monkeypatch):
+    """README: setting STREAM_BYTES changes which outputs are streamed from the next call on."""
+    monkeypatch.setattr(nontemporal, "STREAM_BYTES", 100)
+    assert nontemporal.streams(100) and not nontemporal.streams(99)
