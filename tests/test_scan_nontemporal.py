@@ -96,3 +96,4 @@ def test_the_threshold_is_read_at_each_call(monkeypatch):
     """README: setting STREAM_BYTES changes which outputs are streamed from the next call on."""
     monkeypatch.setattr(nontemporal, "STREAM_BYTES", 100)
     assert nontemporal.streams(100) and not nontemporal.streams(99)
+

@@ -32,6 +32,7 @@ complex multiply-add needs only one in-lane swap, of x, and two multiply-adds:
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numba
@@ -72,10 +73,17 @@ def _line_vector(context, element):
     return ir.VectorType(llvm, width), width
 
 
+@contextlib.contextmanager
 def _lines(builder, count, width):
     """A loop over count // width lines: yields the element offset of each line."""
     lines = builder.udiv(count, ir.Constant(count.type, width))
-    return cgutils.for_range(builder, lines)
+    with cgutils.for_range(builder, lines) as loop:
+        yield builder.mul(loop.index, ir.Constant(loop.index.type, width))
+
+
+def _data_at(context, builder, array_type, array, start):
+    """A pointer to element `start` of a 1-d contiguous numba array."""
+    return builder.gep(context.make_array(array_type)(context, builder, array).data, [start])
 
 
 def _vector_at(builder, base, offset, vector):
@@ -99,13 +107,10 @@ def _store_lines(typingctx, dst, start, src, src_start, count):
     sig = types.none(dst, start, src, src_start, count)
 
     def codegen(context, builder, signature, args):
-        dst_arr = context.make_array(signature.args[0])(context, builder, args[0])
-        src_arr = context.make_array(signature.args[2])(context, builder, args[2])
         vector, width = _line_vector(context, signature.args[0].dtype)
-        dst_ptr = builder.gep(dst_arr.data, [args[1]])
-        src_ptr = builder.gep(src_arr.data, [args[3]])
-        with _lines(builder, args[4], width) as loop:
-            offset = builder.mul(loop.index, ir.Constant(loop.index.type, width))
+        dst_ptr = _data_at(context, builder, signature.args[0], args[0], args[1])
+        src_ptr = _data_at(context, builder, signature.args[2], args[2], args[3])
+        with _lines(builder, args[4], width) as offset:
             value = builder.load(_vector_at(builder, src_ptr, offset, vector), align=1)
             _store_streaming(builder, value, _vector_at(builder, dst_ptr, offset, vector))
         return context.get_dummy_value()
@@ -125,18 +130,14 @@ def _step_lines(typingctx, x, u, o, a, b, start, count):
 
     def codegen(context, builder, signature, args):
         vector, width = _line_vector(context, signature.args[0].dtype)
-        bases = [
-            builder.gep(context.make_array(signature.args[i])(context, builder, args[i]).data, [args[5]])
-            for i in range(5)
-        ]
+        bases = [_data_at(context, builder, signature.args[i], args[i], args[5]) for i in range(5)]
         swap = ir.Constant(ir.VectorType(ir.IntType(32), width), [i ^ 1 for i in range(width)])
         # fmuladd: a fused multiply-add where the target has one, else a multiply and an add
         # (llvm.fma would become a slow exact libm call on such a target)
         muladd = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{width}f{_LINE * 8 // width}"
         )
-        with _lines(builder, args[6], width) as loop:
-            offset = builder.mul(loop.index, ir.Constant(loop.index.type, width))
+        with _lines(builder, args[6], width) as offset:
             x_p, u_p, o_p, a_p, b_p = (_vector_at(builder, base, offset, vector) for base in bases)
             x_v = builder.load(x_p, align=1)
             swapped = builder.shuffle_vector(x_v, x_v, swap)
@@ -150,8 +151,10 @@ def _step_lines(typingctx, x, u, o, a, b, start, count):
 
 
 @intrinsic
-def _fence(typingctx):
-    """A sequentially consistent fence (mfence on x86): it also orders streamed stores."""
+def drain(typingctx):
+    """Call once at the end of each task that streamed: a sequentially consistent fence
+    (mfence on x86), which also orders streamed stores, so they are visible to whichever
+    thread reads the output next."""
 
     def codegen(context, builder, signature, args):
         builder.fence("seq_cst")
@@ -232,10 +235,3 @@ def _scalar_step(x, u, o, a, b, j):  # pragma: no cover - compiled
     x[j + 1] = im
     o[j] = re
     o[j + 1] = im
-
-
-@numba.njit(inline="always")
-def drain():  # pragma: no cover - compiled
-    """Call once at the end of each task that streamed: its stores are then visible to
-    whichever thread reads the output next."""
-    _fence()
