@@ -97,3 +97,12 @@ def test_the_threshold_is_read_at_each_call(monkeypatch):
     monkeypatch.setattr(nontemporal, "STREAM_BYTES", 100)
     assert nontemporal.streams(100) and not nontemporal.streams(99)
 
+
+@pytest.mark.skipif(not nontemporal._X86, reason="x86 assembly")
+def test_streamed_rows_are_fenced_with_sfence():
+    """The compiled kernel streams (vmovnt*) and ends with an sfence: a seq_cst fence alone
+    compiles to `lock or` on x86, which is not documented to order streamed stores."""
+    _store(np.zeros(64, np.float32), 0, np.ones(64, np.float32), True)
+    asm = "\n".join(_store.inspect_asm().values())
+    assert "vmovntps" in asm or "movntps" in asm
+    assert "sfence" in asm

@@ -18,6 +18,7 @@ stream only outputs of at least `STREAM_BYTES`, a quarter of the last-level cach
                                           (the reference: cpu._step)
     drain()                              after a task's last streamed store: orders the
                                           stores before those of the threads that follow
+                                          (sfence on x86)
 
 LLVM turns the `!nontemporal` vector stores into the target's streaming stores
 (vmovntps/vmovntpd on x86; a hint elsewhere). Only whole, 64-byte-aligned vectors are
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 
 import numba
 from llvmlite import ir
@@ -42,6 +44,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 _LINE = 64  # bytes per streamed vector: one cache line
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")  # numba compiles for this host
 
 
 def _last_level_cache_bytes() -> int:
@@ -152,12 +155,17 @@ def _step_lines(typingctx, x, u, o, a, b, start, count):
 
 @intrinsic
 def drain(typingctx):
-    """Call once at the end of each task that streamed: a sequentially consistent fence
-    (mfence on x86), which also orders streamed stores, so they are visible to whichever
-    thread reads the output next."""
+    """Call once at the end of each task that streamed, so its stores are visible to
+    whichever thread reads the output next. On x86 that takes an sfence: streamed stores
+    are weakly ordered, and LLVM lowers a seq_cst fence there to a locked instruction
+    (`lock or`), which is not documented to order them. Elsewhere, a seq_cst fence."""
 
     def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
+        if _X86:
+            no_args = ir.FunctionType(ir.VoidType(), [])
+            builder.call(cgutils.get_or_insert_function(builder.module, no_args, "llvm.x86.sse.sfence"), [])
+        else:
+            builder.fence("seq_cst")
         return context.get_dummy_value()
 
     return types.none(), codegen
