@@ -546,8 +546,6 @@ def _check(Lambda, delta, scale, v, initial_state, resets) -> None:
     v = expect_tensor("v", v)
     expect_dtype("v", v, (torch.complex64, torch.complex128))
     expect_shape("v", v, (None, None, None), "BLP")
-    if v.device.type != "cpu":
-        raise ValueError(f"v is on {v.device}: irregular_scan runs on CPU tensors")
     batch, length, size = v.shape
     expect_dtype("Lambda", expect_tensor("Lambda", Lambda), v.dtype)
     expect_shape("Lambda", Lambda, (size,), "P")
@@ -596,6 +594,8 @@ def irregular_scan(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     _check(Lambda, delta, scale, v, initial_state, resets)
+    if v.device.type != "cpu":
+        raise ValueError(f"v is on {v.device}: irregular_scan runs on CPU tensors")
     real = v.real.dtype
     delta, scale = delta.to(real), scale.to(real)
     zoh = method == "zoh"
