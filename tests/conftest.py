@@ -1,4 +1,5 @@
-"""Shared helpers: an independent, loop-by-loop restatement of the S5 layer (paper eqs.).
+"""Shared helpers: an independent, loop-by-loop restatement of the S5 layer (paper eqs.);
+the `cuda` marker and Triton's interpreter where there is no GPU.
 
 `naive_ssm` reads a layer's parameters and recomputes its output with plain complex
 arithmetic (closed-form discretisation, a Python loop over time); it shares no code with
@@ -8,8 +9,25 @@ s5ssm beyond reading the parameter tensors.
 from __future__ import annotations
 
 import math
+import os
 
+import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # The triton backend's kernels then run in Triton's interpreter on CPU tensors
+    # (tests/test_scan_triton.py); it must be on before triton is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU (benchmarks/gpu.sh runs them): skipped without one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def complex_param(t: torch.Tensor) -> torch.Tensor:

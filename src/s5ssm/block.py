@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_shape, expect_tensor
+from .precision import autocast_input
 from .ssm import S5SSM
 
 NORMS = ("batch", "layer", "rms")
@@ -137,7 +138,7 @@ class S5Block(nn.Module):
     ):
         """x: real (B, L, H). Other arguments as in S5SSM.forward. Returns y (B, L, H) [, state]."""
         # the norm runs before the SSM's own checks: check what it reads here
-        x = expect_tensor("x", x)
+        x = autocast_input(expect_tensor("x", x), self.ssm.D.dtype)
         expect_dtype("x", x, self.ssm.D.dtype)
         expect_shape("x", x, (None, None, self.ssm.hidden_size), "BLH")
         expect_finite("x", x)  # else the norm turns Inf into NaN and the SSM blames "u"

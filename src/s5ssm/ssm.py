@@ -31,8 +31,8 @@ from ._checks import (
     is_compiling,
 )
 from .discretize import METHODS, discretize, step_sizes
-from .scan import cpu_layer, linear_scan, resolve_backend
-from .scan.irregular import irregular_scan
+from .precision import autocast_enabled, autocast_input
+from .scan import cpu_layer, fused_irregular_scan, linear_scan, resolve_backend
 
 FLOATS = (torch.float32, torch.float64)
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -63,7 +63,7 @@ class S5SSM(nn.Module):
         C_init: "trunc_standard_normal" | "lecun_normal" | "complex_normal".
         dt_min, dt_max: range of the log-uniform initial timescales Δ.
         step_rescale: constant factor on every Δ (e.g. a model trained at another sampling rate).
-        scan_backend: "auto" | "cpu" | "parallel" | "reference" (see s5ssm.scan).
+        scan_backend: "auto" | "cpu" | "parallel" | "reference" | "triton" (see s5ssm.scan).
         generator: torch.Generator for the random initialisation (default: the global RNG).
     """
 
@@ -167,11 +167,17 @@ class S5SSM(nn.Module):
             Cs = [self.C]
         return [(C * sign).reshape(self.hidden_size, 2 * self.num_states) for C in Cs]
 
+    def _complex_linear(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """F.linear(u, w) for a weight with interleaved (re, im) rows (2P, H), as complex
+        (..., P) in the layer's precision: under autocast the GEMM runs in its lower
+        precision and the scan still gets complex64 (complex128 for float64), whatever
+        autocast's op lists on the device do with view_as_complex (the CPU's cast it up)."""
+        return torch.view_as_complex(F.linear(u, w).to(self.D.dtype).unflatten(-1, (self.num_states, 2)))
+
     def _project_in(self, u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
         """B̄u: real (B, L, H) -> complex (B, L, P)."""
         folded = gamma.dim() == 1
-        w = self._input_weight(gamma if folded else None)
-        bu = torch.view_as_complex(F.linear(u, w).unflatten(-1, (self.num_states, 2)))
+        bu = self._complex_linear(u, self._input_weight(gamma if folded else None))
         return bu if folded else bu * gamma
 
     def _project_out(self, states: list[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
@@ -267,7 +273,7 @@ class S5SSM(nn.Module):
         Returns:
             y real (B, L, H), or (y, final_state).
         """
-        u = self._check_input("u", u, dims=3)
+        u = self._check_input("u", autocast_input(expect_tensor("u", u), self.D.dtype), dims=3)
         batch, length, _ = u.shape
         if mask is not None:
             mask = expect_bool_mask("mask", mask, batch, length)
@@ -325,8 +331,11 @@ class S5SSM(nn.Module):
     def _fused_scan(self, u: torch.Tensor, step_scale):
         """(scan, input weight) for scan.cpu_layer (projections and scans in one autograd
         Function), or None where forward runs the separate ops: another backend, a
-        per-sequence step_scale (B,), or torch.compile (which sees the registered ops)."""
+        per-sequence step_scale (B,), torch.compile (which sees the registered ops), or
+        autocast (whose lower-precision GEMMs the separate ops take)."""
         if resolve_backend(self.scan_backend, u.device) != "cpu" or is_compiling():
+            return None
+        if autocast_enabled(u.device.type):
             return None
         if not isinstance(step_scale, torch.Tensor):
             lambda_bar, gamma = self.discretized(step_scale)
@@ -340,17 +349,16 @@ class S5SSM(nn.Module):
     def _scanner(self, u: torch.Tensor, step_scale, padding: torch.Tensor | None):
         """scan(initial_state, resets, reverse) -> complex (B, L, P) states of this input.
 
-        A step_scale per step (B, L) on the compiled CPU backend takes the fused kernel
-        (scan.irregular: Λ̄ and γ computed in the scan, never stored as (B, L, P)); every
-        other case discretises first (γ folded into the input weight when it is shared)
-        and calls linear_scan. `padding`: a right-padding mask whose steps get B̄u = 0.
+        A step_scale per step (B, L) on the cpu or triton backend takes the fused kernel
+        (scan.fused_irregular_scan: Λ̄ and γ computed in the scan, never stored as
+        (B, L, P)); every other case discretises first (γ folded into the input weight when
+        it is shared) and calls linear_scan. `padding`: a right-padding mask whose steps
+        get B̄u = 0.
         """
-        if (
-            isinstance(step_scale, torch.Tensor)
-            and step_scale.dim() == 2
-            and resolve_backend(self.scan_backend, u.device) == "cpu"
-        ):
-            v = torch.view_as_complex(F.linear(u, self._input_weight()).unflatten(-1, (self.num_states, 2)))
+        per_step = isinstance(step_scale, torch.Tensor) and step_scale.dim() == 2
+        irregular_scan = fused_irregular_scan(resolve_backend(self.scan_backend, u.device)) if per_step else None
+        if irregular_scan is not None:
+            v = self._complex_linear(u, self._input_weight())
             if padding is not None:
                 v = v * padding[..., None]
             Lambda, delta = self.continuous_eigenvalues(), step_sizes(self.log_step, self.step_rescale)
@@ -400,7 +408,7 @@ class S5SSM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`step` without the argument checks, for callers that have made them."""
         lambda_bar, gamma, w_in, w_out = self._step_operator(step_scale)
-        bu = torch.view_as_complex(F.linear(u_k, w_in).unflatten(-1, (self.num_states, 2)))
+        bu = self._complex_linear(u_k, w_in)
         new_state = torch.addcmul(bu if gamma is None else gamma * bu, lambda_bar, state)
         y = torch.addcmul(F.linear(torch.view_as_real(new_state).flatten(-2), w_out), u_k, self.D)
         return y, new_state

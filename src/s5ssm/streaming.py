@@ -231,7 +231,8 @@ def _supported_blocks(model: nn.Module) -> bool:
             return False
         if any(getattr(block, name, None) is not None and getattr(block, name).bias is None for name in ("out1", "out2")):
             return False
-        if resolve_backend(block.ssm.scan_backend, torch.device("cpu")) != "cpu":
+        backend = block.ssm.scan_backend  # another explicit backend (triton) need not resolve on the CPU
+        if backend not in ("auto", "cpu") or resolve_backend(backend, torch.device("cpu")) != "cpu":
             return False
     return True
 

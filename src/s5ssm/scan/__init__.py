@@ -4,7 +4,10 @@ Backends (`backend=`):
     "cpu"        compiled numba kernels with a fused reverse-scan backward (cpu.py)
     "parallel"   work-efficient associative scan in torch ops, any device (parallel.py)
     "reference"  the plain sequential loop every other backend is tested against
-    "auto"       "cpu" for CPU tensors, "parallel" elsewhere (the default)
+    "triton"     Triton kernels for CUDA tensors (triton_scan.py; needs the `gpu` extra):
+                 a chunked scan with a decoupled look-back and its reverse-scan backward
+    "auto"       "cpu" for CPU tensors, "triton" for CUDA tensors when triton is installed,
+                 "parallel" elsewhere (the default)
 
 The default for "auto" can be changed process-wide with the environment variable
 S5SSM_SCAN_BACKEND (e.g. S5SSM_SCAN_BACKEND=parallel), or per layer with
@@ -13,15 +16,25 @@ S5SSM(scan_backend=...).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 
 import torch
 
 from .._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
 from . import cpu, parallel, reference
 
-BACKENDS = ("auto", "cpu", "parallel", "reference")
+BACKENDS = ("auto", "cpu", "parallel", "reference", "triton")
 COMPLEX = (torch.complex64, torch.complex128)
+
+
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up, not imported
+
+
+def triton_installed() -> bool:
+    """Whether the triton package can be imported."""
+    return _TRITON_INSTALLED
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -31,10 +44,44 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "cpu" if device.type == "cpu" else "parallel"
+        if device.type == "cpu":
+            return "cpu"
+        return "triton" if device.type == "cuda" and triton_installed() else "parallel"
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend 'cpu' needs CPU tensors, got tensors on {device}")
+    if backend == "triton":
+        if not triton_installed():
+            raise ValueError("backend 'triton' needs the triton package: pip install 's5ssm[gpu]'")
+        from .triton_chunks import runs_on
+
+        if not runs_on(device):
+            raise ValueError(f"backend 'triton' needs CUDA tensors (CPU tensors only in Triton's interpreter, "
+                             f"TRITON_INTERPRET=1), got tensors on {device}")  # fmt: skip
     return backend
+
+
+def fused_irregular_scan(backend: str) -> Callable | None:
+    """The irregular_scan of a resolved backend whose kernels discretise per step (Λ̄, γ
+    never stored as (B, L, P)): scan.irregular's for "cpu", scan.triton_irregular's for
+    "triton"; None for the others."""
+    if backend == "cpu":
+        from .irregular import irregular_scan
+
+        return irregular_scan
+    if backend == "triton":
+        from .triton_irregular import irregular_scan
+
+        return irregular_scan
+    return None
+
+
+def _scan_function(backend: str) -> Callable:
+    """The scan function of a resolved backend (triton's imported on first use)."""
+    if backend == "triton":
+        from . import triton_scan
+
+        return triton_scan.scan
+    return {"cpu": cpu.scan, "parallel": parallel.scan, "reference": reference.scan}[backend]
 
 
 def _check(lambda_bar, bu, initial_state, resets) -> None:
@@ -86,18 +133,16 @@ def linear_scan(
         resets: bool (B, L): clear the carried state before step k (episode starts).
         return_final_state: also return the state after the last step processed
             (x_{L-1}, or x_0 in reverse), complex (B, P).
-        backend: "auto" | "cpu" | "parallel" | "reference" (see the module docstring).
+        backend: "auto" | "cpu" | "parallel" | "reference" | "triton" (module docstring).
 
     Returns:
         states complex (B, L, P), or (states, final_state).
     """
     _check(lambda_bar, bu, initial_state, resets)
-    name = resolve_backend(backend, bu.device)
-    run = {"cpu": cpu.scan, "parallel": parallel.scan, "reference": reference.scan}[name]
-    states = run(lambda_bar, bu, initial_state, reverse, resets)
+    states = _scan_function(resolve_backend(backend, bu.device))(lambda_bar, bu, initial_state, reverse, resets)
     if return_final_state:
         return states, states[:, 0 if reverse else -1]
     return states
 
 
-__all__ = ["linear_scan", "resolve_backend", "BACKENDS"]
+__all__ = ["linear_scan", "resolve_backend", "fused_irregular_scan", "BACKENDS"]
