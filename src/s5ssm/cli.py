@@ -25,6 +25,7 @@ import yaml
 
 from .memory import keep_freed_memory
 from .model import S5Model
+from .precision import check_precision
 
 DEFAULT_TASK = "digits"
 TRAIN_DEFAULTS = {
@@ -32,6 +33,7 @@ TRAIN_DEFAULTS = {
     "epochs": 10, "batch_size": 32, "ssm_lr": 1e-3, "lr_factor": 1.0, "weight_decay": 0.05,
     "warmup_epochs": 1, "lr_min": 0.0, "grad_clip": 0.0, "opt_config": "standard", "dt_global": False,
     "device": "cpu", "checkpoint_every": 50, "quiet": False,
+    "precision": "fp32",
 }  # fmt: skip
 TRAIN_HELP = {
     "model": "s5, or an lstm / gru baseline trained by the same harness",
@@ -47,6 +49,7 @@ TRAIN_HELP = {
     "grad_clip": "clip the gradient norm to this value (0: off)",
     "checkpoint_every": "also checkpoint every this many steps inside an epoch (0: epochs only)",
     "quiet": "no progress bars",
+    "precision": "fp32, or bf16: training steps under CUDA autocast (GEMMs in bfloat16, the scan in float32)",
     "encoder": "linear, or conv: a small CNN reads each step's features as a grayscale image",
     "image_shape": "HEIGHTxWIDTH of the images for --encoder conv (e.g. 24x24; unset: square)",
 }
@@ -145,6 +148,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise SystemExit(f"error: --{name} must be >= 1, got {cfg[name]}")
     if cfg["model"] not in ("s5", "lstm", "gru"):
         raise SystemExit(f"error: --model must be s5, lstm or gru, got {cfg['model']!r}")
+    try:
+        check_precision(cfg["precision"], cfg["device"])
+    except ValueError as exc:
+        raise SystemExit(f"error: --{exc}") from None
     return cfg
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, precision
 from .baselines import RNNModel
 from .data import SequenceDataset, collate, get_task, load_file, seeded_split
 from .io import atomic_write_text
@@ -447,6 +447,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     if ctx.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+    model = precision.for_training(model, cfg.get("precision", "fp32"), device)
 
     def save(pointers):
         rng = _rng_states(ctx)  # every process reaches every save
