@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from s5ssm import bench
 
@@ -29,6 +30,35 @@ def test_quick_bench_writes_every_section(tmp_path, capsys):
     assert results["memory"]["summary"]["cpu_over_parallel_tensors"] > 0
     printed = capsys.readouterr().out
     assert "scan" in printed and "layer" in printed and "peak memory" in printed
+
+
+def test_bad_device_is_rejected(capsys, monkeypatch):
+    for bad, message in (("gpu", "--device must be cpu or cuda"), ("meta", "--device must be cpu or cuda")):
+        with pytest.raises(SystemExit):
+            bench.main(["--device", bad])
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda"])
+    assert "--device cuda: CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_quick_bench_on_cuda(tmp_path, capsys):
+    """The GPU sections (scan, layer, irregular, memory) with the triton backend; step is CPU-only."""
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--device", "cuda", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert "step" not in results
+    for row in ("triton", "triton_reverse", "parallel", "reference"):
+        assert results["scan"][row]["forward_backward_ms"] > 0
+    assert results["layer"]["parallel"]["forward_backward_speedup"] > 0
+    for row in results["memory"]["rows"]:
+        for column in ("triton", "parallel", "triton_irregular"):
+            assert row[column]["tensor_MiB"] > 0, row
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cuda", "--sections", "step"])
+    assert "--sections step times the compiled CPU step" in capsys.readouterr().err
 
 
 def test_bad_repeats_is_rejected(capsys):

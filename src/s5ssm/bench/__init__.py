@@ -14,9 +14,12 @@ measured in the same process, interleaved with it (these machines are shared and
     memory     peak memory of layer forward+backward per sequence length and backend,
                each cell in a fresh subprocess (see peak.py)
 
-Run as `s5ssm bench [--quick] [--sections ...] [--json PATH]` or `python -m s5ssm.bench`.
-JAX figures appear when jax is installed (`pip install -e .[bench]`). The process keeps
-freed memory (s5ssm.memory.keep_freed_memory), as the CLI does.
+Run as `s5ssm bench [--quick] [--device cpu|cuda] [--sections ...] [--json PATH]` or
+`python -m s5ssm.bench`. JAX figures appear when jax is installed (`pip install -e .[bench]`),
+on the CPU. With --device cuda the scan, layer, irregular and memory sections run on the
+GPU with the triton backend in place of the compiled CPU one (the layer is also timed
+against the parallel backend, memory is torch's CUDA allocator's peak); step is CPU-only.
+The process keeps freed memory (s5ssm.memory.keep_freed_memory), as the CLI does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ import sys
 
 from ..io import atomic_write_text
 from ..memory import keep_freed_memory
-from .peak import bench_memory
+import torch
+
+from .peak import bench_memory, bench_memory_cuda
 from .sections import bench_irregular, bench_layer, bench_scan, bench_step
 from .timing import load_average, machine_info
 
@@ -39,16 +44,18 @@ QUICK = dict(batch=2, length=256, state=16, hidden=16, layer_state=16, reference
              memory_lengths=[256, 512], memory_ratio_length=512, frames=20, step_budget_s=2.0)  # fmt: skip
 
 
-def run(sections: list[str], quick: bool, repeats: int) -> dict:
-    """Run the named sections; returns the JSON-ready results."""
+def run(sections: list[str], quick: bool, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
+    """Run the named sections on `device`; returns the JSON-ready results."""
     size = QUICK if quick else FULL
-    results: dict = {"machine": machine_info(), "quick": quick, "repeats": repeats}
+    results: dict = {"machine": machine_info(), "quick": quick, "repeats": repeats, "device": str(device)}
+    lengths, ratio_length = size["memory_lengths"], size["memory_ratio_length"]
     runners = {
-        "scan": lambda: bench_scan(size, repeats),
-        "layer": lambda: bench_layer(size, repeats),
-        "irregular": lambda: bench_irregular(size, repeats),
+        "scan": lambda: bench_scan(size, repeats, device),
+        "layer": lambda: bench_layer(size, repeats, device),
+        "irregular": lambda: bench_irregular(size, repeats, device),
         "step": lambda: bench_step(size["frames"], size["step_budget_s"]),
-        "memory": lambda: bench_memory(size, size["memory_lengths"], size["memory_ratio_length"]),
+        "memory": lambda: (bench_memory(size, lengths, ratio_length) if device.type == "cpu"
+                           else bench_memory_cuda(size, lengths, ratio_length, device)),  # fmt: skip
     }
     for name in sections:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -71,10 +78,10 @@ def print_report(results: dict) -> None:
         print(f"\nscan B={shape['B']} L={shape['L']} P={shape['P']} {s['dtype']}, Λ̄ {s['lambda_bar']}: "
               f"copy_ {s['copy_ms']:.2f} ms ({s['copy_GBps']:.1f} GB/s), "
               f"floor fwd+bwd {s['floor_forward_backward_ms']:.2f} ms")  # fmt: skip
-        print(f"  {'backend':<12}{'fwd ms':>10}{'copy/fwd':>10}{'fwd+bwd ms':>12}{'floor/fwd+bwd':>15}")
-        for b in ("cpu", "cpu_reverse", "parallel", "reference"):
+        print(f"  {'backend':<15}{'fwd ms':>10}{'copy/fwd':>10}{'fwd+bwd ms':>12}{'floor/fwd+bwd':>15}")
+        for b in s["rows"]:
             r = s[b]
-            print(f"  {b.replace('_', ' '):<12}{r['forward_ms']:>10.2f}{r['copy_throughput_ratio']:>10.2f}"
+            print(f"  {b.replace('_', ' '):<15}{r['forward_ms']:>10.2f}{r['copy_throughput_ratio']:>10.2f}"
                   f"{r['forward_backward_ms']:>12.2f}{r['floor_throughput_ratio_forward_backward']:>15.2f}")  # fmt: skip
         if s["reference"].get("note"):
             print(f"  reference: {s['reference']['note']}")
@@ -90,6 +97,10 @@ def print_report(results: dict) -> None:
               f"({r['gemms_forward_ms']:.2f} ms, {r['gemms_forward_GFLOPs']:.0f} GFLOP/s)")  # fmt: skip
         print(f"  forward+backward {r['forward_backward_ms']:8.2f} ms = {r['forward_backward_over_gemms']:.2f}x "
               f"its GEMMs ({r['gemms_forward_backward_ms']:.2f} ms)")  # fmt: skip
+        if r.get("parallel"):
+            p = r["parallel"]
+            print(f"  vs the parallel backend: forward+backward {p['forward_backward_speedup']:.1f}x faster "
+                  f"({p['forward_backward_ms']:.2f} ms)")  # fmt: skip
         if r.get("jax"):
             j = r["jax"]
             print(f"  vs JAX (the paper's layer): forward {j['forward_speedup']:.1f}x faster ({j['forward_ms']:.1f} ms), "
@@ -111,24 +122,45 @@ def print_report(results: dict) -> None:
                   f"{t['speedup_vs_window']:.1f}x faster over {t['frames']} frames; the same step in torch "
                   f"ops {t['torch_ops_step_ms_per_frame']:.3f} ms ({t['speedup_vs_torch_ops']:.1f}x)")  # fmt: skip
     if "memory" in results:
-        m = results["memory"]
-        print(f"\npeak memory of layer forward+backward {m['shape']}, MiB (rss / live tensors):")
-        print(f"  {'L':>7}{'input':>8}{'cpu':>16}{'parallel':>16}{'cpu irregular':>16}")
-        for row in m["rows"]:
-            cells = [_memory_cell(row[c]) for c in ("cpu", "parallel", "cpu_irregular")]
-            print(f"  {row['L']:>7}{row['input_MiB']:>8.0f}" + "".join(f"{c:>16}" for c in cells))
-        s = m["summary"]
-        print(f"  growth exponent (peak ∝ L^k), rss: cpu {_fmt(s['cpu_growth_exponent_rss'])}, "
-              f"parallel {_fmt(s['parallel_growth_exponent_rss'])}, "
-              f"cpu irregular {_fmt(s['cpu_irregular_growth_exponent_rss'])}")  # fmt: skip
-        print(f"  cpu / parallel at L={s['ratio_at_L']}: rss {_fmt(s['cpu_over_parallel_rss'])}, "
-              f"tensors {_fmt(s['cpu_over_parallel_tensors'])}")  # fmt: skip
+        _print_memory(results["memory"])
 
 
-def _memory_cell(cell: dict) -> str:
+def _print_memory(m: dict) -> None:
+    """The memory table: rss / live tensors per cell on the CPU, CUDA allocations on a GPU."""
+    columns, cuda = m["columns"], m["device"] != "cpu"
+    fast, name = columns[0], ("tensors" if cuda else "rss")
+    print(f"\npeak memory of layer forward+backward {m['shape']} on {m['device']}, MiB "
+          f"({'allocated' if cuda else 'rss / live tensors'}):")  # fmt: skip
+    print(f"  {'L':>7}{'input':>8}" + "".join(f"{c.replace('_', ' '):>17}" for c in columns))
+    for row in m["rows"]:
+        cells = [_memory_cell(row[c], cuda) for c in columns]
+        print(f"  {row['L']:>7}{row['input_MiB']:>8.0f}" + "".join(f"{c:>17}" for c in cells))
+    s = m["summary"]
+    growth = ", ".join(f"{c.replace('_', ' ')} {_fmt(s[f'{c}_growth_exponent_{name}'])}" for c in columns)
+    print(f"  growth exponent (peak ∝ L^k), {name}: {growth}")
+    ratios = ", ".join(f"{n} {_fmt(s[f'{fast}_over_parallel_{n}'])}" for n in (("tensors",) if cuda else ("rss", "tensors")))
+    print(f"  {fast} / parallel at L={s['ratio_at_L']}: {ratios}")
+
+
+def _memory_cell(cell: dict, cuda: bool = False) -> str:
     if "error" in cell or "skipped" in cell:
         return "-"
+    if cuda:
+        return f"{cell['tensor_MiB']:.0f}"
     return f"{_fmt(cell.get('rss_MiB'), '.0f')} / {cell['tensor_MiB']:.0f}"
+
+
+def _device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """--device as a torch.device: the CPU, or an available CUDA device."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: CUDA is not available (torch {torch.__version__})")
+    return device
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="\n".join(__doc__.splitlines()[2:]))  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default 15, quick 2)")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None,
+                        help=f"default: all ({', '.join(SECTIONS)}); with --device cuda all but step")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (the triton backend; default cpu)")
     parser.add_argument("--json", default="bench-results.json", help="where to write the results")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    device = _device(parser, args.device)
+    sections = args.sections or [s for s in SECTIONS if device.type == "cpu" or s != "step"]
+    if device.type == "cuda" and "step" in sections:
+        parser.error("--sections step times the compiled CPU step: run it without --device cuda")
     keep_freed_memory()
-    results = run(args.sections, args.quick, args.repeats or (2 if args.quick else 15))
+    results = run(sections, args.quick, args.repeats or (2 if args.quick else 15), device)
     print_report(results)
     atomic_write_text(args.json, json.dumps(results, indent=2))
     print(f"\nresults written to {args.json}")

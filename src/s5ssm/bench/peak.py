@@ -19,6 +19,10 @@ buffers), and then measures one full forward+backward twice:
 Everything allocated before the measurement (imports, parameters, u, the output gradient)
 is excluded, as a baseline process doing the same imports and allocations would; the
 gradients of u and of the parameters, created by the backward, are included.
+
+On CUDA (`bench_memory_cuda`) torch's allocator keeps the count: each cell runs in this
+process, its peak the growth of torch.cuda.max_memory_allocated over one forward+backward,
+after the same warm-up and with the same exclusions.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 MODES = ("scalar", "irregular")
 _CACHE: dict[tuple, dict] = {}
@@ -90,16 +96,11 @@ def bench_memory(size: dict, lengths: list[int], ratio_length: int) -> dict:
         row["cpu_irregular"] = measure("irregular", length, "cpu", size)
         row["parallel"] = _bounded_parallel(rows, length, size)
         rows.append(row)
-    summary: dict = {}
-    for column in ("cpu", "parallel", "cpu_irregular"):
-        summary[f"{column}_growth_exponent_rss"] = _growth(rows, column, "rss_MiB")
-        summary[f"{column}_growth_exponent_tensors"] = _growth(rows, column, "tensor_MiB")
-    at = next((r for r in rows if r["L"] == ratio_length), None)
-    for field, name in (("rss_MiB", "rss"), ("tensor_MiB", "tensors")):
-        ok = at is not None and at["cpu"].get(field) and at["parallel"].get(field)
-        summary[f"cpu_over_parallel_{name}"] = at["cpu"][field] / at["parallel"][field] if ok else None
-    summary["ratio_at_L"] = ratio_length
+    columns = ("cpu", "parallel", "cpu_irregular")
+    summary = _summary(rows, columns, "cpu", ratio_length, (("rss_MiB", "rss"), ("tensor_MiB", "tensors")))
     return {
+        "device": "cpu",
+        "columns": list(columns),
         "shape": {"B": size["batch"], "H": size["hidden"], "state_size": size["layer_state"]},
         "method": "fresh subprocess per cell; rss = VmHWM growth (reset just before) with "
         "MALLOC_MMAP_THRESHOLD_=65536; tensors = live-tensor high-water mark from torch.profiler "
@@ -107,6 +108,70 @@ def bench_memory(size: dict, lengths: list[int], ratio_length: int) -> dict:
         "rows": rows,
         "summary": summary,
     }
+
+
+def _summary(rows: list[dict], columns: tuple[str, ...], fast: str, ratio_length: int, fields) -> dict:
+    """Growth exponents per column and field, and fast / parallel at ratio_length."""
+    summary: dict = {}
+    for column in columns:
+        for field, name in fields:
+            summary[f"{column}_growth_exponent_{name}"] = _growth(rows, column, field)
+    at = next((r for r in rows if r["L"] == ratio_length), None)
+    for field, name in fields:
+        ok = at is not None and at[fast].get(field) and at["parallel"].get(field)
+        summary[f"{fast}_over_parallel_{name}"] = at[fast][field] / at["parallel"][field] if ok else None
+    summary["ratio_at_L"] = ratio_length
+    return summary
+
+
+def bench_memory_cuda(size: dict, lengths: list[int], ratio_length: int, device) -> dict:
+    """Peak CUDA memory of layer forward+backward per L for the triton and parallel backends."""
+    columns = ("triton", "parallel", "triton_irregular")
+    rows = []
+    for length in lengths:
+        row: dict = {"L": length, "input_MiB": size["batch"] * length * size["hidden"] * 4 / 2**20}
+        for column in columns:
+            mode = "irregular" if column.endswith("irregular") else "scalar"
+            try:
+                row[column] = _cuda_cell(mode, length, column.split("_")[0], size, device)
+            except torch.cuda.OutOfMemoryError as exc:
+                row[column] = {"error": str(exc).splitlines()[0]}
+            gc.collect()
+            torch.cuda.empty_cache()
+        rows.append(row)
+    return {
+        "device": str(device),
+        "columns": list(columns),
+        "shape": {"B": size["batch"], "H": size["hidden"], "state_size": size["layer_state"]},
+        "method": "in process; tensors = growth of torch.cuda.max_memory_allocated over one forward+backward; "
+        "parameters, u and the output gradient excluded",
+        "rows": rows,
+        "summary": _summary(rows, columns, "triton", ratio_length, (("tensor_MiB", "tensors"),)),
+    }
+
+
+def _cuda_cell(mode: str, length: int, backend: str, size: dict, device) -> dict:
+    """One cell of bench_memory_cuda: {"tensor_MiB", "seconds"}."""
+    import time
+
+    from .sections import make_layer
+
+    cell = dict(batch=size["batch"], length=length, hidden=size["hidden"], layer_state=size["layer_state"])
+    layer, u = make_layer(cell, backend, device=device)
+    u.requires_grad_()
+    grad = torch.randn(u.shape, device=device)
+    scale = (0.5 + torch.rand(u.shape[0], length)).to(device) if mode == "irregular" else 1.0
+    small = torch.randn(u.shape[0], 2, u.shape[2], device=device, requires_grad=True)
+    layer(small, step_scale=scale if mode == "scalar" else scale[:, :2]).backward(torch.ones_like(small))
+    layer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    layer(u, step_scale=scale).backward(grad)
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"tensor_MiB": (torch.cuda.max_memory_allocated(device) - before) / 2**20, "seconds": seconds}
 
 
 def _bounded_parallel(rows: list[dict], length: int, size: dict) -> dict:

@@ -1,7 +1,9 @@
 """The timed sections of `s5ssm bench`: scan, layer, irregular, step.
 
 Each returns a JSON-ready dict of medians (ms) and ratios against a baseline run
-interleaved with it in the same process (see timing.timed). Memory is in peak.py.
+interleaved with it in the same process (see timing.timed). Memory is in peak.py. scan,
+layer and irregular run on the device given (CUDA: each timed call synchronised, the
+triton backend in the rows of the compiled CPU one); step is CPU-only.
 """
 
 from __future__ import annotations
@@ -15,32 +17,38 @@ import torch
 import torch.nn.functional as F
 
 from ..model import S5Model, recommended_defaults
-from ..scan import linear_scan
+from ..scan import linear_scan, resolve_backend
 from ..ssm import S5SSM
 from . import paper_jax
 from .timing import ms, timed, try_jax
 
-# the rows of the scan table: (backend, reverse); "cpu_reverse" is the backwards half of a
-# bidirectional layer, whose forward walks memory backwards (scan/cpu.py)
-SCAN_ROWS = {"cpu": ("cpu", False), "cpu_reverse": ("cpu", True), "parallel": ("parallel", False),
-             "reference": ("reference", False)}  # fmt: skip
+
+
+def scan_rows(device: torch.device) -> dict[str, tuple[str, bool]]:
+    """The rows of the scan table on `device`: name -> (backend, reverse). The reverse row
+    is the backwards half of a bidirectional layer (on the CPU its forward walks memory
+    backwards, scan/cpu.py)."""
+    fast = "triton" if device.type == "cuda" else "cpu"
+    return {fast: (fast, False), f"{fast}_reverse": (fast, True), "parallel": ("parallel", False),
+            "reference": ("reference", False)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- scan
-def scan_inputs(batch: int, length: int, size: int, seed: int = 0):
-    """A stable time-invariant Λ̄ complex64 (P,) and B̄u complex64 (B, L, P)."""
+def scan_inputs(batch: int, length: int, size: int, seed: int = 0, device: torch.device | str = "cpu"):
+    """A stable time-invariant Λ̄ complex64 (P,) and B̄u complex64 (B, L, P) on `device`."""
     g = torch.Generator().manual_seed(seed)
     radius = 0.9 + 0.0999 * torch.rand(size, generator=g)
     lam = torch.polar(radius, math.pi * torch.rand(size, generator=g)).to(torch.complex64)
     bu = torch.randn(batch, length, size, dtype=torch.complex64, generator=g)
-    return lam, bu
+    return lam.to(device), bu.to(device)
 
 
-def bench_scan(size: dict, repeats: int) -> dict:
-    """Each backend's forward and forward+backward (the compiled one also in reverse) vs the
-    memory floor, and vs JAX."""
+def bench_scan(size: dict, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
+    """Each backend's forward and forward+backward (the fast one also in reverse) vs the
+    memory floor, and vs JAX (on the CPU)."""
     B, L, P = size["batch"], size["length"], size["state"]
-    lam, bu = scan_inputs(B, L, P)
+    rows = scan_rows(device)
+    lam, bu = scan_inputs(B, L, P, device=device)
     grad = torch.randn_like(bu)
     dst, dst2 = torch.empty_like(bu), torch.empty_like(bu)
     lam_g, bu_g = lam.clone().requires_grad_(), bu.clone().requires_grad_()
@@ -59,12 +67,16 @@ def bench_scan(size: dict, repeats: int) -> dict:
     copy = lambda: dst.copy_(bu)  # noqa: E731
     floor_fb = lambda: (dst.copy_(bu), torch.add(grad, dst, out=dst2))  # noqa: E731
 
-    t_fwd = timed({"copy": copy, **{row: (lambda a=args: fwd(*a)) for row, args in SCAN_ROWS.items()}}, repeats)
-    fast = {row: (lambda a=args: fwd_bwd(*a)) for row, args in SCAN_ROWS.items() if row != "reference"}
-    t_fb = timed({"floor": floor_fb, **fast}, repeats)
-    t_ref = timed({"reference": lambda: fwd_bwd("reference", False, ref_length)}, max(1, min(repeats, 3)))
+    t_fwd = timed({"copy": copy, **{row: (lambda a=args: fwd(*a)) for row, args in rows.items()}}, repeats,
+                  device=device)  # fmt: skip
+    fast_rows = {row: (lambda a=args: fwd_bwd(*a)) for row, args in rows.items() if row != "reference"}
+    t_fb = timed({"floor": floor_fb, **fast_rows}, repeats, device=device)
+    t_ref = timed({"reference": lambda: fwd_bwd("reference", False, ref_length)}, max(1, min(repeats, 3)),
+                  device=device)  # fmt: skip
 
     results: dict = {
+        "device": str(device),
+        "rows": list(rows),
         "shape": {"B": B, "L": L, "P": P},
         "dtype": "complex64",
         "lambda_bar": "time-invariant (P,)",
@@ -72,7 +84,7 @@ def bench_scan(size: dict, repeats: int) -> dict:
         "copy_GBps": 2 * bu.numel() * bu.element_size() / t_fwd["copy"]["median"] / 1e9,
         "floor_forward_backward_ms": ms(t_fb["floor"]),
     }
-    for b in SCAN_ROWS:
+    for b in rows:
         row = {
             "forward_ms": ms(t_fwd[b]),
             "copy_throughput_ratio": t_fwd["copy"]["median"] / t_fwd[b]["median"],
@@ -91,7 +103,7 @@ def bench_scan(size: dict, repeats: int) -> dict:
             row["floor_throughput_ratio_forward_backward"] = t_fb["floor"]["median"] / t_fb[b]["median"]
         results[b] = row
 
-    jx = try_jax()
+    jx = try_jax() if device.type == "cpu" else None
     if jx is None:
         results["jax"] = None
         return results
@@ -118,12 +130,12 @@ def bench_scan(size: dict, repeats: int) -> dict:
 
 
 # ---------------------------------------------------------------------------- layer
-def make_layer(size: dict, backend: str = "auto", seed: int = 0):
-    """The benchmarked S5SSM (conj_sym, zoh, float32) and an input u (B, L, H)."""
+def make_layer(size: dict, backend: str = "auto", seed: int = 0, device: torch.device | str = "cpu"):
+    """The benchmarked S5SSM (conj_sym, zoh, float32) and an input u (B, L, H), on `device`."""
     g = torch.Generator().manual_seed(seed)
     layer = S5SSM(size["hidden"], size["layer_state"], conj_sym=True, scan_backend=backend, generator=g)
     u = torch.randn(size["batch"], size["length"], size["hidden"], generator=g)
-    return layer, u
+    return layer.to(device), u.to(device)
 
 
 def layer_fwd_bwd(layer: S5SSM, u_g: torch.Tensor, grad: torch.Tensor, **kwargs):
@@ -132,17 +144,18 @@ def layer_fwd_bwd(layer: S5SSM, u_g: torch.Tensor, grad: torch.Tensor, **kwargs)
     return torch.autograd.grad(layer(u_g, **kwargs), [u_g, *params], grad)
 
 
-def bench_layer(size: dict, repeats: int) -> dict:
-    """The layer vs its own GEMMs alone, and vs the paper's JAX layer."""
-    layer, u = make_layer(size)
+def bench_layer(size: dict, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
+    """The layer vs its own GEMMs alone; vs the paper's JAX layer (CPU) or vs the same layer
+    on the parallel backend (CUDA)."""
+    layer, u = make_layer(size, device=device)
     H, P = layer.hidden_size, layer.num_states
     B, L = u.shape[:2]
     g = torch.Generator().manual_seed(1)
-    w_in = torch.randn(2 * P, H, generator=g) / math.sqrt(H)
-    w_out = torch.randn(H, 2 * P, generator=g) / math.sqrt(2 * P)
-    x = torch.randn(B, L, 2 * P, generator=g)  # the states as interleaved (re, im) floats
-    grad = torch.randn(B, L, H, generator=g)
-    grad_in = torch.randn(B, L, 2 * P, generator=g)
+    w_in = (torch.randn(2 * P, H, generator=g) / math.sqrt(H)).to(device)
+    w_out = (torch.randn(H, 2 * P, generator=g) / math.sqrt(2 * P)).to(device)
+    x = torch.randn(B, L, 2 * P, generator=g).to(device)  # the states as interleaved (re, im) floats
+    grad = torch.randn(B, L, H, generator=g).to(device)
+    grad_in = torch.randn(B, L, 2 * P, generator=g).to(device)
     u_g, w_in_g, w_out_g, x_g = (t.clone().requires_grad_() for t in (u, w_in, w_out, x))
 
     def gemms_fwd():
@@ -157,12 +170,13 @@ def bench_layer(size: dict, repeats: int) -> dict:
         outs = [F.linear(u_g, w_in_g), F.linear(x_g, w_out_g)]
         return torch.autograd.grad(outs, [u_g, w_in_g, x_g, w_out_g], [grad_in, grad])
 
-    t_fwd = timed({"gemms": gemms_fwd, "layer": layer_fwd}, repeats)
-    t_fb = timed({"gemms": gemms_fb, "layer": lambda: layer_fwd_bwd(layer, u_g, grad)}, repeats)
+    t_fwd = timed({"gemms": gemms_fwd, "layer": layer_fwd}, repeats, device=device)
+    t_fb = timed({"gemms": gemms_fb, "layer": lambda: layer_fwd_bwd(layer, u_g, grad)}, repeats, device=device)
     flops = 2 * B * L * H * 2 * P * 2  # two GEMMs of B·L × H × 2P
     results: dict = {
+        "device": str(device),
         "shape": {"B": B, "L": L, "H": H, "state_size": layer.state_size, "P_kept": P, "dtype": "float32"},
-        "scan_backend": "auto -> cpu",
+        "scan_backend": f"auto -> {resolve_backend('auto', device)}",
         "forward_ms": ms(t_fwd["layer"]),
         "gemms_forward_ms": ms(t_fwd["gemms"]),
         "gemms_forward_GFLOPs": flops / t_fwd["gemms"]["median"] / 1e9,
@@ -171,9 +185,23 @@ def bench_layer(size: dict, repeats: int) -> dict:
         "gemms_forward_backward_ms": ms(t_fb["gemms"]),
         "forward_backward_over_gemms": t_fb["layer"]["median"] / t_fb["gemms"]["median"],
     }
-    jx = try_jax()
+    if device.type == "cuda":
+        results["parallel"] = _bench_parallel_layer(layer, u_g, grad, repeats, device)
+    jx = try_jax() if device.type == "cpu" else None
     results["jax"] = None if jx is None else _bench_jax_layer(layer, u, u_g, grad, repeats, jx)
     return results
+
+
+def _bench_parallel_layer(layer: S5SSM, u_g, grad, repeats: int, device: torch.device) -> dict:
+    """The layer's forward+backward on its default backend vs a copy on the parallel one."""
+    twin = copy.deepcopy(layer)
+    twin.scan_backend = "parallel"
+    t_fb = timed({"parallel": lambda: layer_fwd_bwd(twin, u_g, grad), "ours": lambda: layer_fwd_bwd(layer, u_g, grad)},
+                 repeats, device=device)  # fmt: skip
+    return {
+        "forward_backward_ms": ms(t_fb["parallel"]),
+        "forward_backward_speedup": t_fb["parallel"]["median"] / t_fb["ours"]["median"],
+    }
 
 
 def _bench_jax_layer(layer: S5SSM, u, u_g, grad, repeats: int, jx) -> dict:
@@ -204,22 +232,24 @@ def _bench_jax_layer(layer: S5SSM, u, u_g, grad, repeats: int, jx) -> dict:
 
 
 # ---------------------------------------------------------------------------- irregular
-def bench_irregular(size: dict, repeats: int) -> dict:
+def bench_irregular(size: dict, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
     """step_scale [B, L] (irregular sampling) vs a scalar step_scale, same layer and input."""
-    layer, u = make_layer(size)
+    layer, u = make_layer(size, device=device)
     g = torch.Generator().manual_seed(2)
-    scale = 0.5 + torch.rand(u.shape[0], u.shape[1], generator=g)
-    grad = torch.randn(u.shape, generator=g)
+    scale = (0.5 + torch.rand(u.shape[0], u.shape[1], generator=g)).to(device)
+    grad = torch.randn(u.shape, generator=g).to(device)
     u_g = u.clone().requires_grad_()
 
     def fwd(step_scale):
         with torch.no_grad():
             return layer(u, step_scale=step_scale)
 
-    t_fwd = timed({"scalar": lambda: fwd(1.0), "irregular": lambda: fwd(scale)}, repeats)
+    t_fwd = timed({"scalar": lambda: fwd(1.0), "irregular": lambda: fwd(scale)}, repeats, device=device)
     t_fb = timed({"scalar": lambda: layer_fwd_bwd(layer, u_g, grad, step_scale=1.0),
-                  "irregular": lambda: layer_fwd_bwd(layer, u_g, grad, step_scale=scale)}, repeats)  # fmt: skip
+                  "irregular": lambda: layer_fwd_bwd(layer, u_g, grad, step_scale=scale)}, repeats,
+                 device=device)  # fmt: skip
     return {
+        "device": str(device),
         "shape": {"B": u.shape[0], "L": u.shape[1], "H": layer.hidden_size, "state_size": layer.state_size},
         "scalar_forward_ms": ms(t_fwd["scalar"]),
         "irregular_forward_ms": ms(t_fwd["irregular"]),

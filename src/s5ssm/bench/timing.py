@@ -21,14 +21,21 @@ import torch
 
 
 def timed(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1, lead_in: bool = False
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    lead_in: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict[str, dict]:
     """Run the functions interleaved, `warmup` rounds untimed then `repeats` timed rounds;
-    with lead_in, each timed call right after an untimed call of the same function.
+    with lead_in, each timed call right after an untimed call of the same function. On a
+    CUDA device each timed call starts and ends with torch.cuda.synchronize, so the time is
+    that of the kernels it launched.
 
     Returns {name: {"median": s, "min": s, "max": s, "runs": n}} in seconds; the median is
     the figure the bench reports, min/max show how noisy the run was.
     """
+    sync = synchronizer(device)
     for _ in range(warmup):
         for fn in fns.values():
             fn()  # compilation, allocator warm-up, page faults of first touch
@@ -37,13 +44,23 @@ def timed(
         for name, fn in fns.items():
             if lead_in:
                 fn()
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             samples[name].append(time.perf_counter() - start)
     return {
         name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
         for name, v in samples.items()
     }
+
+
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """What waits for the kernels queued on `device`: torch.cuda.synchronize on CUDA, else nothing."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
 
 
 def ms(stats: dict) -> float:
@@ -62,7 +79,8 @@ def try_jax():
 
 
 def machine_info() -> dict:
-    """Cores, library versions, thread counts and the load average (the machine is shared)."""
+    """Cores, library versions, thread counts and the load average (the machine is shared);
+    the GPU, CUDA and triton versions where CUDA is available."""
     info: dict = {
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
@@ -80,6 +98,15 @@ def machine_info() -> dict:
     jx = try_jax()
     info["jax"] = jx[0].__version__ if jx is not None else None
     info["loadavg_at_start"] = load_average()
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+        try:
+            import triton
+
+            info["triton"] = triton.__version__
+        except ImportError:
+            info["triton"] = None
     return info
 
 
