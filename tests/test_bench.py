@@ -1,6 +1,9 @@
 """`s5ssm bench --quick` runs every section and writes complete JSON (no timing asserts)."""
 
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +62,18 @@ def test_quick_bench_on_cuda(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--device", "cuda", "--sections", "step"])
     assert "--sections step times the compiled CPU step" in capsys.readouterr().err
+
+
+def test_gpu_script_parses_and_names_what_exists():
+    """benchmarks/gpu.sh is valid bash; the sections and the config it runs exist."""
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "gpu.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    sections = re.search(r"--sections ([a-z ]+)", text).group(1).split()
+    assert sections and set(sections) <= set(bench.SECTIONS) - {"step"}
+    assert (root / re.search(r"--config (\S+)", text).group(1)).is_file()
+    assert "pytest -m cuda" in text
 
 
 def test_bad_repeats_is_rejected(capsys):

@@ -155,7 +155,7 @@ def test_resolve_backend(monkeypatch):
 
 def test_bad_backend_name():
     lam, bu, _, _ = make(1, 3, 2, "P")
-    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'cpu', 'parallel', 'reference', 'triton'\), got 'gpu'"):
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', .*'triton'\), got 'gpu'"):
         linear_scan(lam, bu, backend="gpu")
 
 

@@ -25,7 +25,7 @@ pytest.importorskip("triton")
 from s5ssm import S5SSM, S5Model  # noqa: E402
 from s5ssm.discretize import bilinear, zoh  # noqa: E402
 from s5ssm.scan import cpu, cpu_layer, irregular, linear_scan, nontemporal, reference, resolve_backend  # noqa: E402
-from s5ssm.scan import stack_step, triton_chunks, triton_irregular, triton_scan  # noqa: E402
+from s5ssm.scan import stack_step, triton_chunks, triton_irregular  # noqa: E402
 
 B, L, P = 3, 21, 3
 TOLERANCE = 1e-5
@@ -181,7 +181,8 @@ def test_layer_on_triton_matches_reference(per_step, bidirectional, device, smal
     u = torch.randn(2, L, 4, dtype=torch.float64)
     scale = 0.5 + torch.rand(2, L, dtype=torch.float64) if per_step else 1.3
     resets = torch.rand(2, L) < 0.2
-    y = layer(u.float().to(device), step_scale=scale.float().to(device) if per_step else scale, resets=resets.to(device))
+    step_scale = scale.float().to(device) if per_step else scale
+    y = layer(u.float().to(device), step_scale=step_scale, resets=resets.to(device))
     want = twin(u, step_scale=scale, resets=resets)
     assert_close(y.cpu(), want, "y")
     weight = torch.randn(want.shape, dtype=torch.float64)

@@ -138,7 +138,8 @@ def _print_memory(m: dict) -> None:
     s = m["summary"]
     growth = ", ".join(f"{c.replace('_', ' ')} {_fmt(s[f'{c}_growth_exponent_{name}'])}" for c in columns)
     print(f"  growth exponent (peak ∝ L^k), {name}: {growth}")
-    ratios = ", ".join(f"{n} {_fmt(s[f'{fast}_over_parallel_{n}'])}" for n in (("tensors",) if cuda else ("rss", "tensors")))
+    names = ("tensors",) if cuda else ("rss", "tensors")
+    ratios = ", ".join(f"{n} {_fmt(s[f'{fast}_over_parallel_{n}'])}" for n in names)
     print(f"  {fast} / parallel at L={s['ratio_at_L']}: {ratios}")
 
 

@@ -77,7 +77,8 @@ def _parameters(lam_ptr, inv_ptr, delta_ptr, p, cols_ok):
 def _store_column_sums(ptr, offsets, re, im, mask, cols_ok):
     """Write the sums over the valid rows of a tile (re, im) to the complex elements at
     `offsets` (BLOCK_P,) of interleaved floats `ptr`."""
-    store_complex(ptr, offsets, tl.sum(tl.where(mask, re, 0.0), axis=0), tl.sum(tl.where(mask, im, 0.0), axis=0), cols_ok)
+    sum_re = tl.sum(tl.where(mask, re, 0.0), axis=0)
+    store_complex(ptr, offsets, sum_re, tl.sum(tl.where(mask, im, 0.0), axis=0), cols_ok)
 
 
 @triton.jit

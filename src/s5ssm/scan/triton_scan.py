@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 
 from .cpu import _op_or_impl
-from .triton_chunks import Grid, cmul, device, flags, floats, initial, last_row, load_complex, scan_tile, store_complex, tile
+from .triton_chunks import (Grid, cmul, device, flags, floats, initial, last_row, load_complex, scan_tile,
+                            store_complex, tile)
 
 @device
 def _lambda_tile(lam_ptr, lam_sb, lam_sl, b, k, p, rows_ok, cols_ok, PER_STEP: tl.constexpr, BLOCK_L: tl.constexpr,
