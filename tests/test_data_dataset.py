@@ -233,10 +233,38 @@ def test_seeded_split_stratified():
         seeded_split(SequenceDataset(feats(2, 2), np.array([0.0, 1.0])), 0.5, 0, stratify=True)
 
 
-@pytest.mark.parametrize(
-    "fraction, seed, match", [(0.0, 0, "fraction"), (1.0, 0, "fraction"), (0.5, -1, "seed"), (0.01, 0, "empty")]
-)
+@pytest.mark.parametrize("n_classes, per_class, fraction", [(10, 5, 0.2), (10, 5, 0.1), (3, 12, 0.2), (7, 2, 0.5)])
+def test_seeded_split_small_sets_with_many_classes(n_classes, per_class, fraction):
+    """N=50 with 10 classes (PickupGestureWiimoteZ's size) and other tiny sets: both parts
+    non-empty, the count is round(fraction * N), and the second part sees every class."""
+    n = n_classes * per_class
+    labels = np.arange(n) % n_classes
+    ds = SequenceDataset(feats(*([2] * n), d=1), labels)
+    a, b = seeded_split(ds, fraction, seed=1, stratify=True)
+    assert len(a) == max(1, round(fraction * n)) and len(a) + len(b) == n
+    assert sorted(set(b.targets.tolist())) == list(range(n_classes))
+    counts = np.bincount(a.targets, minlength=n_classes)
+    assert counts.max() - counts.min() <= 1  # as even as whole items allow
+
+
+def test_seeded_split_keeps_singleton_classes_in_the_second_part():
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 2])  # classes 1 and 2 have one item each
+    ds = SequenceDataset(feats(*([2] * 8), d=1), labels)
+    for seed in range(5):
+        a, b = seeded_split(ds, 0.25, seed=seed, stratify=True)
+        assert a.targets.tolist() == [0, 0] and {1, 2} <= set(b.targets.tolist())
+
+
+@pytest.mark.parametrize("fraction, seed, match", [(0.0, 0, "fraction"), (1.0, 0, "fraction"), (0.5, -1, "seed")])
 def test_seeded_split_errors(fraction, seed, match):
     ds = SequenceDataset(feats(2, 2, 2), np.array([0, 1, 0]))
     with pytest.raises(ValueError, match=match):
         seeded_split(ds, fraction, seed)
+
+
+def test_seeded_split_tiny_fractions_keep_one_item_per_part():
+    ds = SequenceDataset(feats(2, 2, 2), np.array([0, 1, 0]))
+    a, b = seeded_split(ds, 0.01, seed=0)
+    assert (len(a), len(b)) == (1, 2)
+    with pytest.raises(ValueError, match="N=1"):
+        seeded_split(SequenceDataset(feats(2), np.array([0])), 0.5, seed=0)

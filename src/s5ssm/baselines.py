@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from ._checks import expect_bool_mask, expect_shape, expect_tensor
+from .data.scaling import StandardizedIO
 from .encoders import build_encoder
 
 RNNS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 
-class RNNModel(nn.Module):
+class RNNModel(StandardizedIO, nn.Module):
     """A stacked LSTM or GRU with S5Model's encoder ("linear" or "conv", Embedding for
     tokens; s5ssm.encoders), pooling and head."""
 
@@ -38,6 +39,8 @@ class RNNModel(nn.Module):
         output_dim: int | None = None,
         pooling: str = "last",
         time_input: bool = False,
+        standardize_inputs: bool = False,
+        standardize_outputs: bool = False,
     ) -> None:
         super().__init__()
         if cell not in RNNS:
@@ -46,20 +49,22 @@ class RNNModel(nn.Module):
             raise ValueError(f"pooling must be 'last', 'mean' or 'none', got {pooling!r}")
         self.config = dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers,
                            dropout=dropout, vocab_size=vocab_size, encoder=encoder, image_shape=image_shape,
-                           output_dim=output_dim, pooling=pooling, time_input=time_input)  # fmt: skip
+                           output_dim=output_dim, pooling=pooling, time_input=time_input,
+                           standardize_inputs=standardize_inputs, standardize_outputs=standardize_outputs)  # fmt: skip
         self.pooling = pooling
         self.time_input = time_input
         self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape)
         self.rnn = RNNS[cell](hidden_size + int(time_input), hidden_size, num_layers, batch_first=True,
                               dropout=dropout if num_layers > 1 else 0.0)  # fmt: skip
         self.head = nn.Linear(hidden_size, output_dim) if output_dim else None
+        self._init_scaling(standardize_inputs, standardize_outputs, embed_dim, vocab_size, output_dim)
 
     def forward(self, x: torch.Tensor, *, mask=None, step_scale=None, resets=None) -> torch.Tensor:
         """x: (B, L, embed_dim) or (B, L) tokens; mask bool (B, L). Returns (B, out) or (B, L, out)."""
         x = expect_tensor("x", x)
         if resets is not None:
             raise ValueError("resets: an RNN baseline has no notion of resets")
-        h = self.encoder(x)
+        h = self.encoder(self._scale_in(x))
         if self.time_input:
             if step_scale is None:
                 raise ValueError("step_scale: an RNN built with time_input=True needs the time since the previous step (B, L)")
@@ -77,7 +82,7 @@ class RNNModel(nn.Module):
         elif self.pooling == "last":
             last = torch.full((h.shape[0],), h.shape[1] - 1, device=h.device) if mask is None else mask.sum(1) - 1
             h = h[torch.arange(h.shape[0], device=h.device), last.clamp(min=0)]
-        return self.head(h) if self.head is not None else h
+        return self._scale_out(self.head(h)) if self.head is not None else h
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -33,7 +33,7 @@ TRAIN_DEFAULTS = {
     "epochs": 10, "batch_size": 32, "ssm_lr": 1e-3, "lr_factor": 1.0, "weight_decay": 0.05,
     "warmup_epochs": 1, "lr_min": 0.0, "grad_clip": 0.0, "opt_config": "standard", "dt_global": False,
     "device": "cpu", "checkpoint_every": 50, "quiet": False,
-    "precision": "fp32",
+    "precision": "fp32", "standardize": True, "patience": 0, "val_fraction": 0.2,
 }  # fmt: skip
 TRAIN_HELP = {
     "model": "s5, or an lstm / gru baseline trained by the same harness",
@@ -50,6 +50,10 @@ TRAIN_HELP = {
     "checkpoint_every": "also checkpoint every this many steps inside an epoch (0: epochs only)",
     "quiet": "no progress bars",
     "precision": "fp32, or bf16: training steps under CUDA autocast (GEMMs in bfloat16, the scan in float32)",
+    "standardize": "standardise inputs (and regression targets) per channel, fitted on the training split and "
+                   "saved with the model (built-in tasks come normalised: off for them)",
+    "patience": "stop when the validation metric has not improved for this many epochs (0: never)",
+    "val_fraction": "share of a --data file's training sequences held out for validation (stratified by class)",
     "encoder": "linear, or conv: a small CNN reads each step's features as a grayscale image",
     "image_shape": "HEIGHTxWIDTH of the images for --encoder conv (e.g. 24x24; unset: square)",
 }
@@ -124,12 +128,19 @@ def read_config_file(path: str) -> dict:
     return values
 
 
-def resolve_config(args: argparse.Namespace) -> dict:
-    from .data import get_task
-
+def given_options(args: argparse.Namespace) -> dict:
+    """The options the user set: the --config file's, then the command line's."""
     given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
     from_file = read_config_file(args.config) if args.config else {}
-    source = {**from_file, **given}
+    return {**from_file, **given}
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """Every option's value: built-in defaults < the task's < --config < the command line.
+    (For --data files, `apply_fitted_defaults` then fills what the user left unset.)"""
+    from .data import get_task
+
+    source = given_options(args)
     if source.get("task") and source.get("data"):
         raise SystemExit("error: give --task or --data, not both")
     if not source.get("task") and not source.get("data"):
@@ -140,12 +151,17 @@ def resolve_config(args: argparse.Namespace) -> dict:
             task = get_task(source["task"], **(source.get("task_options") or {}))
         except (KeyError, ValueError) as exc:
             raise SystemExit(f"error: --task {source['task']}: {exc}") from None
+        cfg["standardize"] = False
         cfg.update(task.model_defaults)
         cfg.update(task.train_defaults)
     cfg.update(source)
     for name in ("epochs", "batch_size"):
         if cfg[name] < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {cfg[name]}")
+    if not 0.0 < cfg["val_fraction"] < 1.0:
+        raise SystemExit(f"error: --val_fraction must be in (0, 1), got {cfg['val_fraction']}")
+    if cfg["patience"] < 0:
+        raise SystemExit(f"error: --patience must be >= 0, got {cfg['patience']}")
     if cfg["model"] not in ("s5", "lstm", "gru"):
         raise SystemExit(f"error: --model must be s5, lstm or gru, got {cfg['model']!r}")
     try:
@@ -153,6 +169,18 @@ def resolve_config(args: argparse.Namespace) -> dict:
     except ValueError as exc:
         raise SystemExit(f"error: --{exc}") from None
     return cfg
+
+
+def apply_fitted_defaults(cfg: dict, given: dict, data, log=print) -> dict:
+    """cfg with the settings fitted to the data (s5ssm.fitted_defaults) for every option
+    the user did not set; logs one line saying what was chosen."""
+    from . import fitted_defaults
+
+    train_size = len(data.splits["train"])
+    chosen = {k: v for k, v in fitted_defaults.for_data(data.info, train_size).items() if k not in given}
+    if chosen:
+        log(fitted_defaults.describe(chosen, data.info, train_size))
+    return {**cfg, **chosen}
 
 
 def _default_run_dir(cfg: dict) -> Path:
@@ -174,10 +202,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = trainer.train(cfg, run_dir, resume=True)
     else:
         cfg = resolve_config(args)
+        data = None
+        if cfg.get("data"):
+            data = trainer.load_data(cfg)
+            cfg = apply_fitted_defaults(cfg, given_options(args), data)
         if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SystemExit("error: under torchrun give --run_dir (every process must name the same directory)")
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
-        summary = trainer.train(cfg, run_dir)
+        summary = trainer.train(cfg, run_dir, data=data)
     if summary:  # empty on the processes of a torchrun job other than the main one
         _print_summary(summary)
     return 0

@@ -20,6 +20,7 @@ from torch import nn
 
 from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
 from .block import S5Block
+from .data.scaling import StandardizedIO
 from .encoders import build_encoder
 from .io import atomic_write_text, load_safetensors, save_safetensors
 from .streaming import CompiledStep, StreamCache, compiled_step_for
@@ -61,7 +62,7 @@ def recommended_defaults() -> dict:
     )
 
 
-class S5Model(nn.Module):
+class S5Model(StandardizedIO, nn.Module):
     """A stack of S5 blocks with an encoder, pooling and an optional head.
 
     Args:
@@ -85,6 +86,11 @@ class S5Model(nn.Module):
         blocks, norm, prenorm, activation, bn_momentum: as in S5Block.
         conj_sym, clip_eigs, bidirectional, discretization, C_init, dt_min, dt_max,
         step_rescale, scan_backend: as in S5SSM.
+        standardize_inputs: standardise each input feature by a mean and std held as
+            buffers (`input_scaling`, a Standardize; identity until fitted, e.g. by the
+            trainer on the training split). Float inputs only.
+        standardize_outputs: the head predicts standardised targets and the model returns
+            them in the data's units through `output_scaling` (regression). Needs output_dim.
     """
 
     def __init__(
@@ -115,6 +121,8 @@ class S5Model(nn.Module):
         dt_max: float = 0.1,
         step_rescale: float = 1.0,
         scan_backend: str = "auto",
+        standardize_inputs: bool = False,
+        standardize_outputs: bool = False,
     ) -> None:
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -143,6 +151,7 @@ class S5Model(nn.Module):
             S5Block(hidden_size, state_size, blocks, **block_options) for _ in range(num_layers)
         )
         self.head = nn.Linear(hidden_size, output_dim) if output_dim is not None else None
+        self._init_scaling(standardize_inputs, standardize_outputs, embed_dim, vocab_size, output_dim)
 
     @property
     def output_size(self) -> int:
@@ -210,11 +219,11 @@ class S5Model(nn.Module):
             (B, output_size) with pooling "last"/"mean", (B, L, output_size) with "none".
         """
         x = self._check_inputs(x, mask)
-        h = self.encoder(x)
+        h = self.encoder(self._scale_in(x))
         for layer in self.layers:
             h = layer(h, mask=mask, step_scale=step_scale, resets=resets)
         h = self._pool(h, mask)
-        return self.head(h) if self.head is not None else h
+        return self._scale_out(self.head(h)) if self.head is not None else h
 
     # ------------------------------------------------------------------ streaming
     def init_cache(self, batch_size: int) -> "StreamCache":
@@ -256,14 +265,14 @@ class S5Model(nn.Module):
             return self._step_compiled(compiled, x_t, cache, step_scale)
         x_t = self._check_inputs(x_t, None, "x_t", stepping=True)
         step_scale = self._check_cache(cache, x_t.shape[0], step_scale)
-        h = self.encoder(x_t)
+        h = self.encoder(self._scale_in(x_t))
         states = []
         for layer, state in zip(self.layers, cache["states"]):
             h, state = layer.recur(h, state, step_scale)
             states.append(state)
         total, count = cache["sum"] + h, cache["count"] + 1
         pooled = total / count if self.pooling == "mean" else h
-        out = self.head(pooled) if self.head is not None else pooled
+        out = self._scale_out(self.head(pooled)) if self.head is not None else pooled
         return out, StreamCache(states=tuple(states), sum=total, count=count)
 
     def _compiled_step(self, x_t: object) -> CompiledStep | None:
@@ -285,13 +294,14 @@ class S5Model(nn.Module):
         elif step_scale is not None:
             step_scale = self.layers[0].ssm._check_step_scale(step_scale, batch, None)
         scales = compiled.step_scales(step_scale, batch)
+        x_t = self._scale_in(x_t)
         frame = x_t.contiguous() if compiled.encode_in_kernel else self.encoder(x_t).contiguous()
         result = compiled(frame, stacked, cache["sum"].contiguous(), cache["count"], scales)
         if result is None:
             where = "x_t" if compiled.encode_in_kernel else "the encoder's output"
             raise ValueError(f"{where} contains NaN or Inf values")
         out, states, total = result
-        return out, StreamCache(states=states.unbind(0), sum=total, count=cache["count"] + 1, stacked=states)
+        return self._scale_out(out), StreamCache(states=states.unbind(0), sum=total, count=cache["count"] + 1, stacked=states)
 
     def _check_cache(self, cache: object, batch: int, step_scale):
         """Validate a streaming cache (structure, shapes, dtypes) and the step_scale; returns step_scale."""

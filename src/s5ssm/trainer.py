@@ -81,7 +81,7 @@ def load_data(cfg: dict) -> Data:
             test, _ = load_file(test_path)
         else:
             test, train = seeded_split(train, 0.2, seed, stratify=stratify)
-        val, train = seeded_split(train, 0.1, seed + 1, stratify=stratify)
+        val, train = seeded_split(train, float(cfg.get("val_fraction", 0.1)), seed + 1, stratify=stratify)
         splits = {"train": train, "val": val, "test": test}
         info["metric"] = "accuracy" if info["kind"] == "classification" else "mse"
     return Data(splits, info)
@@ -89,8 +89,14 @@ def load_data(cfg: dict) -> Data:
 
 # ---------------------------------------------------------------------------- model
 def build_model(cfg: dict, info: dict) -> torch.nn.Module:
-    inputs = {"vocab_size": info["vocab_size"]} if info.get("vocab_size") else {"embed_dim": info["input_dim"]}
+    """The model cfg names for data described by info; standardisation (cfg["standardize"])
+    of float inputs, and of the targets of a regression, starts as the identity: see fit_scaling."""
+    tokens = bool(info.get("vocab_size"))
+    inputs = {"vocab_size": info["vocab_size"]} if tokens else {"embed_dim": info["input_dim"]}
     pooling = "none" if info.get("per_step") else cfg["pooling"]
+    standardize = bool(cfg.get("standardize"))
+    inputs["standardize_inputs"] = standardize and not tokens
+    inputs["standardize_outputs"] = standardize and info["kind"] == "regression"
     if cfg["model"] == "s5":
         # a run directory written before an option existed leaves it to S5Model's default
         options = {k: cfg[k] for k in S5_OPTIONS if k in cfg}
@@ -107,6 +113,25 @@ S5_OPTIONS = (
     "prenorm", "activation", "bn_momentum", "conj_sym", "clip_eigs", "bidirectional", "discretization", "C_init",
     "dt_min", "dt_max", "step_rescale", "scan_backend",
 )  # fmt: skip
+
+
+def fit_scaling(net: torch.nn.Module, train: SequenceDataset) -> None:
+    """Fit the model's input and output standardisation (where enabled) on the training
+    split: every valid step of every sequence, per-step targets at valid steps only."""
+    if getattr(net, "input_scaling", None) is not None:
+        net.input_scaling.fit(train.inputs)
+    if getattr(net, "output_scaling", None) is not None:
+        targets = train.targets
+        if targets.ndim == 3:  # per step: (N, L_T, T), valid up to each sequence's length
+            net.output_scaling.fit(y[:length] for y, length in zip(targets, train.lengths))
+        else:
+            net.output_scaling.fit([targets])
+
+
+def target_std(net: torch.nn.Module) -> torch.Tensor | None:
+    """The std (T,) a model's regression outputs are standardised by, or None."""
+    scaling = getattr(net, "output_scaling", None)
+    return scaling.std if scaling is not None else None
 
 
 def parameter_groups(model: torch.nn.Module, cfg: dict) -> list[dict]:
@@ -166,11 +191,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5E5]).permutation(n)
 
 
-def batch_loss(model, batch: dict, info: dict, device) -> tuple[torch.Tensor, float, int]:
+def batch_loss(model, batch: dict, info: dict, device, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, float, int]:
     """(loss sum, metric sum, count) of one batch; the loss sum is the tensor to differentiate.
 
     Classification: cross-entropy, metric = correct predictions, count = sequences.
-    Regression: squared error, metric = squared error, count = target elements (valid steps only).
+    Regression: metric = squared error in the data's units, count = target elements (valid
+    steps only); the loss is the squared error in units of `scale` (T,) (the targets' std
+    when they are standardised), so its size does not depend on the targets' units.
     """
     x, mask, y = batch["x"].to(device), batch["mask"].to(device), batch["y"].to(device)
     kwargs = {"mask": mask}
@@ -188,8 +215,8 @@ def batch_loss(model, batch: dict, info: dict, device) -> tuple[torch.Tensor, fl
             count = int(mask.sum()) * y.shape[-1]
         else:
             count = err.numel()
-        loss_sum = err.sum()
-        metric = float(loss_sum.detach())
+        metric = float(err.sum().detach())
+        loss_sum = (err / scale.to(err.dtype) ** 2).sum() if scale is not None else err.sum()
     return loss_sum, metric, count
 
 
@@ -214,8 +241,9 @@ def evaluate(model, dataset: SequenceDataset, info: dict, batch_size: int, devic
     model.eval()
     loss, metric, count = 0.0, 0.0, 0
     share = _evaluation_share(dataset, ctx)
+    scale = target_std(model)
     for batch in _loader(share, batch_size) if share is not None else ():
-        l_sum, m_sum, n = batch_loss(model, batch, info, device)
+        l_sum, m_sum, n = batch_loss(model, batch, info, device, scale)
         loss, metric, count = loss + float(l_sum.detach()), metric + m_sum, count + n
     model.train(was_training)
     loss, metric, count = distributed.sum_over_ranks([loss, metric, count], ctx, device)
@@ -333,8 +361,13 @@ def _plot(run_dir: Path) -> None:
     plt.close(fig)
 
 
-def _better(metric: str, value: float, best: float | None) -> bool:
-    return best is None or (value > best if metric == "accuracy" else value < best)
+def _better(metric: str, value: float, loss: float, progress: dict) -> bool:
+    """Is this validation result better than the best so far? Equal metrics (frequent on
+    small validation sets) go to the lower loss."""
+    best, best_loss = progress["best"], progress.get("best_loss")
+    if best is None or value != best:
+        return best is None or (value > best if metric == "accuracy" else value < best)
+    return best_loss is None or loss < best_loss
 
 
 class _RunLog:
@@ -387,8 +420,11 @@ class _RunLog:
             self.writer.close()
 
 
-def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> dict:
+def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print, data: Data | None = None) -> dict:
     """Train per cfg into run_dir (or continue it with resume=True); returns the summary dict.
+
+    data: the splits to train on, when the caller has them in memory already (otherwise
+    load_data(cfg) reads them; a resumed run always reads them).
 
     Under torchrun every process calls this; training is data-parallel (see
     s5ssm.distributed and this module's docstring) and only the main process writes or
@@ -397,12 +433,13 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> di
     """
     ctx, device = distributed.setup(cfg["device"])
     try:
-        return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device)
+        return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device, data)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device) -> dict:
+def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device,
+           data: Data | None) -> dict:  # fmt: skip
     ckpt_dir = run_dir / "checkpoints"
     if not resume:
         if (ckpt_dir / "last.json").exists():
@@ -411,11 +448,14 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     torch.manual_seed(int(cfg["seed"]))
-    data = load_data(cfg)
+    data = data if data is not None and not resume else load_data(cfg)
     info = data.info
     train_set = data.splits["train"]
     distributed.check_world(ctx, len(train_set))
-    net = build_model(cfg, info).to(device)
+    net = build_model(cfg, info)
+    fit_scaling(net, train_set)
+    net = net.to(device)
+    scale = target_std(net)
     if ctx.rank:
         torch.manual_seed(_process_seed(int(cfg["seed"]), ctx.rank))
     optimizer = torch.optim.AdamW(parameter_groups(net, cfg))
@@ -425,7 +465,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     metric_name = info["metric"]
 
     progress = {"epoch": 0, "batch": 0, "global_step": 0, "sums": [0.0, 0.0, 0], "best": None,
-                "best_epoch": None, "seconds": 0.0}  # fmt: skip
+                "best_loss": None, "best_epoch": None, "stopped_early": False, "seconds": 0.0}  # fmt: skip
+    patience = int(cfg.get("patience") or 0)
     if resume:
         state = checkpoint.load(ckpt_dir, "last")
         if len(state["rng"]) != ctx.world:
@@ -459,6 +500,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     start_time = time.perf_counter() - progress["seconds"]
     every = int(cfg["checkpoint_every"])
     for epoch in range(progress["epoch"], int(cfg["epochs"])):
+        if progress.get("stopped_early"):
+            break
         model.train()
         order = distributed.shard(epoch_order(len(train_set), int(cfg["seed"]), epoch), batch_size, ctx)
         bar = _Progress(steps_per_epoch, progress["batch"], epoch, cfg["quiet"] or not ctx.main)
@@ -469,7 +512,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             step = progress["global_step"]
             for group in optimizer.param_groups:
                 group["lr"] = lr_factor_at(step, warmup_steps, total_steps, group["base_lr"], cfg["lr_min"])
-            loss, logged, sums = _step_loss(*batch_loss(model, batch, info, device), ctx, device)
+            loss, logged, sums = _step_loss(*batch_loss(model, batch, info, device, scale), ctx, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["grad_clip"]:
@@ -496,9 +539,13 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
                "seconds": round(time.perf_counter() - start_time, 2)}  # fmt: skip
         log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
             f"val loss {val['loss']:.4f} {metric_name} {val[metric_name]:.4f}")  # fmt: skip
-        improved = _better(metric_name, val[metric_name], progress["best"])
+        improved = _better(metric_name, val[metric_name], val["loss"], progress)
         if improved:
-            progress["best"], progress["best_epoch"] = val[metric_name], epoch
+            progress.update(best=val[metric_name], best_loss=val["loss"], best_epoch=epoch)
+        elif patience and epoch - progress["best_epoch"] >= patience:
+            progress["stopped_early"] = True
+            log(f"stopping early: no better validation {metric_name} for {patience} epochs (best: epoch "
+                f"{progress['best_epoch']})")  # fmt: skip
         progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - start_time)
         runlog.epoch(row, progress["global_step"])
         save(("last", "best") if improved else ("last",))
@@ -513,6 +560,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         "task": cfg.get("task") or cfg.get("data"),
         "metric": metric_name,
         "best_epoch": progress["best_epoch"],
+        "epochs_trained": progress["epoch"],
+        "stopped_early": bool(progress.get("stopped_early")),
         "results": results,
         "param_count": sum(p.numel() for p in net.parameters()),
         "processes": ctx.world,

@@ -361,11 +361,14 @@ def collate(items: Sequence[dict], pad_to: int | None = None) -> dict[str, torch
 def seeded_split(
     dataset: SequenceDataset, fraction: float, seed: int, *, stratify: bool = False
 ) -> tuple[SequenceDataset, SequenceDataset]:
-    """Split deterministically into (a, b) with round(fraction * N) items in `a`.
+    """Split deterministically into (a, b) with round(fraction * N) items in `a`, at least
+    one item in each part.
 
-    The items are drawn by a permutation from ``numpy.random.default_rng(seed)``; each part
-    keeps the original order. With ``stratify=True`` (classification only) every class is
-    split in the same proportion. Both parts must be non-empty.
+    The items are drawn from ``numpy.random.default_rng(seed)``; each part keeps the
+    original order. With ``stratify=True`` (classification only) every class is split in
+    the same proportion as far as whole items allow (largest remainders first), and a
+    class keeps at least one item in `b` whenever that is possible, so that `b` (e.g. the
+    training part) sees every class.
     """
     if not isinstance(dataset, SequenceDataset):
         raise TypeError(f"dataset must be a SequenceDataset, got {type(dataset).__name__}")
@@ -374,20 +377,38 @@ def seeded_split(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     n = len(dataset)
+    if n < 2:
+        raise ValueError(f"cannot split N={n} sequence(s) into two non-empty parts")
+    total = min(max(int(round(fraction * n)), 1), n - 1)
     rng = np.random.default_rng(int(seed))
     if stratify:
         if dataset.kind != "classification":
             raise ValueError("stratify=True needs class labels (int64 targets)")
-        chosen = []
-        for label in np.unique(dataset.targets):
-            members = np.flatnonzero(dataset.targets == label)
-            take = int(round(fraction * members.size))
-            chosen.append(rng.permutation(members)[:take])
-        first = np.concatenate(chosen)
+        first = _stratified_draw(dataset.targets, fraction, total, rng)
     else:
-        first = rng.permutation(n)[: int(round(fraction * n))]
+        first = rng.permutation(n)[:total]
     in_a = np.zeros(n, dtype=bool)
     in_a[first] = True
-    if in_a.all() or not in_a.any():
-        raise ValueError(f"fraction={fraction} of N={n} leaves one part empty")
     return dataset.subset(np.flatnonzero(in_a)), dataset.subset(np.flatnonzero(~in_a))
+
+
+def _stratified_draw(labels: np.ndarray, fraction: float, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of `total` items drawn class by class in proportion `fraction`.
+
+    Each class c of n_c items first gets floor(fraction * n_c), at most n_c - 1; the items
+    still owed go one at a time to the classes with the largest remainders (ties broken at
+    random) that can give one and keep one. Only when no class can do that do classes give
+    up their last item.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = fraction * counts
+    keep_one = np.maximum(counts - 1, 0)
+    take = np.minimum(np.floor(quota).astype(np.int64), keep_one)
+    priority = np.lexsort((rng.random(classes.size), -(quota - np.floor(quota))))
+    for limit in (keep_one, counts):
+        while take.sum() < total and (take < limit).any():
+            for c in priority:
+                if take.sum() < total and take[c] < limit[c]:
+                    take[c] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:k] for label, k in zip(classes, take)]
+    return np.concatenate(chosen)

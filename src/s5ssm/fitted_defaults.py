@@ -1,0 +1,60 @@
+"""Training settings fitted to a user's data file (`s5ssm train --data`, the estimators).
+
+Whole-sequence labels (classification, one regression target per sequence): a
+bidirectional S5 stack read by mean pooling over the valid steps, standardised inputs,
+a training budget of about TARGET_STEPS optimizer steps whatever the data's size, and
+early stopping on the validation split. Per-step targets keep a causal model read at
+every step. The values were chosen by cross-validation on the training splits of public
+UEA/UCR sets (benchmarks/ucr.sh reports them against MiniRocket on the test splits).
+
+Every setting here is a default: an option given on the command line, in --config or
+to an estimator wins.
+"""
+
+from __future__ import annotations
+
+import math
+
+# optimizer steps a run aims at: small sets get many epochs, large ones a few
+TARGET_STEPS = 1000
+MIN_EPOCHS, MAX_EPOCHS = 10, 400
+
+
+def batch_size_for(train_size: int) -> int:
+    """Batches of 16 below 500 training sequences (more steps per epoch), 32 above."""
+    return 16 if train_size < 500 else 32
+
+
+def for_data(info: dict, train_size: int) -> dict:
+    """The settings for a dataset described by `info` (kind, per_step, ...) with
+    `train_size` training sequences (after the validation split)."""
+    batch_size = min(batch_size_for(train_size), train_size)
+    steps_per_epoch = math.ceil(train_size / batch_size)
+    epochs = min(max(math.ceil(TARGET_STEPS / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS)
+    settings = {
+        "standardize": True,
+        "batch_size": batch_size,
+        "epochs": epochs,
+        "warmup_epochs": max(1, epochs // 20),
+        "patience": max(10, epochs // 4),
+        "hidden_size": 64,
+        "state_size": 64,
+        "num_layers": 4,
+        "dropout": 0.1,
+        "ssm_lr": 2e-3,
+        "lr_factor": 1.0,
+        "weight_decay": 0.05,
+        "norm": "batch",
+    }
+    if info.get("per_step"):
+        settings.update(bidirectional=False, pooling="none")
+    else:
+        settings.update(bidirectional=True, pooling="mean")
+    return settings
+
+
+def describe(chosen: dict, info: dict, train_size: int) -> str:
+    """One line saying what was chosen for this data (only the settings actually applied)."""
+    shown = ", ".join(f"{key}={value}" for key, value in chosen.items())
+    what = "per-step targets" if info.get("per_step") else f"whole-sequence {info['kind']}"
+    return f"defaults for {train_size} training sequences, {what}: {shown}"
