@@ -12,4 +12,14 @@ from .scan import linear_scan
 from .ssm import S5SSM
 
 __version__ = "0.1.0"
-__all__ = ["S5SSM", "S5Block", "S5Model", "StreamCache", "linear_scan", "recommended_defaults", "__version__"]
+__all__ = ["S5SSM", "S5Block", "S5Model", "StreamCache", "linear_scan", "recommended_defaults", "S5Classifier",
+           "S5Regressor", "__version__"]  # fmt: skip
+
+
+def __getattr__(name: str):
+    """The scikit-learn estimators, imported on first use (scikit-learn loads slowly)."""
+    if name in ("S5Classifier", "S5Regressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 's5ssm' has no attribute {name!r}")

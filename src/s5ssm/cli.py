@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import json
 import os
 import sys
@@ -24,45 +23,9 @@ from pathlib import Path
 import yaml
 
 from .memory import keep_freed_memory
-from .model import S5Model
 from .precision import check_precision
 
-DEFAULT_TASK = "digits"
-TRAIN_DEFAULTS = {
-    "model": "s5", "task": None, "data": None, "test_data": None, "size": "default", "seed": 0,
-    "epochs": 10, "batch_size": 32, "ssm_lr": 1e-3, "lr_factor": 1.0, "weight_decay": 0.05,
-    "warmup_epochs": 1, "lr_min": 0.0, "grad_clip": 0.0, "opt_config": "standard", "dt_global": False,
-    "device": "cpu", "checkpoint_every": 50, "quiet": False,
-    "precision": "fp32", "standardize": True, "patience": 0, "val_fraction": 0.2,
-}  # fmt: skip
-TRAIN_HELP = {
-    "model": "s5, or an lstm / gru baseline trained by the same harness",
-    "task": "a built-in task (see `s5ssm tasks`)",
-    "data": "a .ts or .npz training file (X_TRAIN.ts takes X_TEST.ts as its test split)",
-    "test_data": "the test split's file",
-    "size": "task size preset: default, tiny, or another the task defines",
-    "ssm_lr": "learning rate of Λ, B, log Δ and the norms (no weight decay)",
-    "lr_factor": "the other parameters train at lr_factor · ssm_lr with weight decay",
-    "opt_config": "standard | BandCdecay | BfastandCdecay | noBCdecay (the paper's groupings)",
-    "dt_global": "train log Δ with the other parameters at the global learning rate",
-    "warmup_epochs": "linear warmup, then cosine decay to lr_min",
-    "grad_clip": "clip the gradient norm to this value (0: off)",
-    "checkpoint_every": "also checkpoint every this many steps inside an epoch (0: epochs only)",
-    "quiet": "no progress bars",
-    "precision": "fp32, or bf16: training steps under CUDA autocast (GEMMs in bfloat16, the scan in float32)",
-    "standardize": "standardise inputs (and regression targets) per channel, fitted on the training split and "
-                   "saved with the model (built-in tasks come normalised: off for them)",
-    "patience": "stop when the validation metric has not improved for this many epochs (0: never)",
-    "val_fraction": "share of a --data file's training sequences held out for validation (stratified by class)",
-    "encoder": "linear, or conv: a small CNN reads each step's features as a grayscale image",
-    "image_shape": "HEIGHTxWIDTH of the images for --encoder conv (e.g. 24x24; unset: square)",
-}
-MODEL_DEFAULTS = {
-    name: p.default
-    for name, p in inspect.signature(S5Model).parameters.items()
-    if name not in ("embed_dim", "vocab_size", "output_dim", "window_size")
-}
-ALL_DEFAULTS = {**TRAIN_DEFAULTS, **MODEL_DEFAULTS}
+from .options import ALL_DEFAULTS, DEFAULT_TASK, MODEL_DEFAULTS, TRAIN_DEFAULTS, TRAIN_HELP, check_settings
 
 
 def _image_shape(text: str) -> list[int]:
@@ -137,7 +100,7 @@ def given_options(args: argparse.Namespace) -> dict:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     """Every option's value: built-in defaults < the task's < --config < the command line.
-    (For --data files, `apply_fitted_defaults` then fills what the user left unset.)"""
+    (For --data files, `fitted_defaults.apply` then fills what the user left unset.)"""
     from .data import get_task
 
     source = given_options(args)
@@ -155,32 +118,15 @@ def resolve_config(args: argparse.Namespace) -> dict:
         cfg.update(task.model_defaults)
         cfg.update(task.train_defaults)
     cfg.update(source)
-    for name in ("epochs", "batch_size"):
-        if cfg[name] < 1:
-            raise SystemExit(f"error: --{name} must be >= 1, got {cfg[name]}")
-    if not 0.0 < cfg["val_fraction"] < 1.0:
-        raise SystemExit(f"error: --val_fraction must be in (0, 1), got {cfg['val_fraction']}")
-    if cfg["patience"] < 0:
-        raise SystemExit(f"error: --patience must be >= 0, got {cfg['patience']}")
-    if cfg["model"] not in ("s5", "lstm", "gru"):
-        raise SystemExit(f"error: --model must be s5, lstm or gru, got {cfg['model']!r}")
+    try:
+        check_settings(cfg)
+    except ValueError as exc:
+        raise SystemExit(f"error: --{exc}") from None
     try:
         check_precision(cfg["precision"], cfg["device"])
     except ValueError as exc:
         raise SystemExit(f"error: --{exc}") from None
     return cfg
-
-
-def apply_fitted_defaults(cfg: dict, given: dict, data, log=print) -> dict:
-    """cfg with the settings fitted to the data (s5ssm.fitted_defaults) for every option
-    the user did not set; logs one line saying what was chosen."""
-    from . import fitted_defaults
-
-    train_size = len(data.splits["train"])
-    chosen = {k: v for k, v in fitted_defaults.for_data(data.info, train_size).items() if k not in given}
-    if chosen:
-        log(fitted_defaults.describe(chosen, data.info, train_size))
-    return {**cfg, **chosen}
 
 
 def _default_run_dir(cfg: dict) -> Path:
@@ -191,7 +137,7 @@ def _default_run_dir(cfg: dict) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import trainer
+    from . import fitted_defaults, trainer
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -205,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = None
         if cfg.get("data"):
             data = trainer.load_data(cfg)
-            cfg = apply_fitted_defaults(cfg, given_options(args), data)
+            cfg = fitted_defaults.apply(cfg, given_options(args), data)
         if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SystemExit("error: under torchrun give --run_dir (every process must name the same directory)")
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)

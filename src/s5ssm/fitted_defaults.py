@@ -25,12 +25,15 @@ def batch_size_for(train_size: int) -> int:
     return 16 if train_size < 500 else 32
 
 
-def for_data(info: dict, train_size: int) -> dict:
+def for_data(info: dict, train_size: int, given: dict | None = None) -> dict:
     """The settings for a dataset described by `info` (kind, per_step, ...) with
-    `train_size` training sequences (after the validation split)."""
-    batch_size = min(batch_size_for(train_size), train_size)
+    `train_size` training sequences (after the validation split). Settings derived from
+    others (epochs from the batch size, warmup and patience from the epochs) follow the
+    values in `given` (what the user set) where there are any."""
+    given = given or {}
+    batch_size = int(given.get("batch_size") or min(batch_size_for(train_size), train_size))
     steps_per_epoch = math.ceil(train_size / batch_size)
-    epochs = min(max(math.ceil(TARGET_STEPS / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS)
+    epochs = int(given.get("epochs") or min(max(math.ceil(TARGET_STEPS / steps_per_epoch), MIN_EPOCHS), MAX_EPOCHS))
     settings = {
         "standardize": True,
         "batch_size": batch_size,
@@ -58,3 +61,13 @@ def describe(chosen: dict, info: dict, train_size: int) -> str:
     shown = ", ".join(f"{key}={value}" for key, value in chosen.items())
     what = "per-step targets" if info.get("per_step") else f"whole-sequence {info['kind']}"
     return f"defaults for {train_size} training sequences, {what}: {shown}"
+
+
+def apply(cfg: dict, given: dict, data, log=print) -> dict:
+    """cfg with the settings fitted to `data` (a trainer.Data) for every option not in
+    `given` (what the user set); logs one line saying what was chosen."""
+    train_size = len(data.splits["train"])
+    chosen = {k: v for k, v in for_data(data.info, train_size, given).items() if k not in given}
+    if chosen:
+        log(describe(chosen, data.info, train_size))
+    return {**cfg, **chosen}

@@ -81,10 +81,19 @@ def load_data(cfg: dict) -> Data:
             test, _ = load_file(test_path)
         else:
             test, train = seeded_split(train, 0.2, seed, stratify=stratify)
-        val, train = seeded_split(train, float(cfg.get("val_fraction", 0.1)), seed + 1, stratify=stratify)
-        splits = {"train": train, "val": val, "test": test}
-        info["metric"] = "accuracy" if info["kind"] == "classification" else "mse"
+        data = holdout(train, info, cfg)
+        data.splits["test"] = test
+        return data
     return Data(splits, info)
+
+
+def holdout(train: SequenceDataset, info: dict, cfg: dict) -> Data:
+    """Train and validation splits of one dataset: cfg["val_fraction"] of it held out (from
+    cfg["seed"]), stratified by class for classification."""
+    stratify = info["kind"] == "classification"
+    val, train = seeded_split(train, float(cfg.get("val_fraction", 0.1)), int(cfg["seed"]) + 1, stratify=stratify)
+    info = dict(info, metric="accuracy" if stratify else "mse")
+    return Data({"train": train, "val": val}, info)
 
 
 # ---------------------------------------------------------------------------- model
@@ -374,9 +383,13 @@ class _RunLog:
     """The run directory's metrics: CSV rows, TensorBoard events (when tensorboard is
     installed), the curves plot. Inactive on every process but the main one."""
 
-    def __init__(self, run_dir: Path, active: bool, resume_step: int | None, log) -> None:
-        self.run_dir, self.active, self.writer = run_dir, active, None
-        if not active:
+    # redrawing the curves costs about a second: at most this often while training, and at the end
+    PLOT_EVERY_SECONDS = 60.0
+
+    def __init__(self, run_dir: Path, active: bool, resume_step: int | None, log, extras: bool = True) -> None:
+        self.run_dir, self.active, self.writer, self.extras = run_dir, active, None, extras
+        self.plotted_at = time.perf_counter()
+        if not (active and extras):
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -413,18 +426,24 @@ class _RunLog:
                 if key.startswith(("train_", "val_")):
                     self.writer.add_scalar(f"epoch/{key}", value, global_step)
             self.writer.flush()
-        _plot(self.run_dir)
+        if self.extras and time.perf_counter() - self.plotted_at > self.PLOT_EVERY_SECONDS:
+            _plot(self.run_dir)
+            self.plotted_at = time.perf_counter()
 
     def close(self) -> None:
+        if self.active and self.extras:
+            _plot(self.run_dir)
         if self.writer is not None:
             self.writer.close()
 
 
-def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print, data: Data | None = None) -> dict:
+def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print, data: Data | None = None,
+          extras: bool = True) -> dict:  # fmt: skip
     """Train per cfg into run_dir (or continue it with resume=True); returns the summary dict.
 
     data: the splits to train on, when the caller has them in memory already (otherwise
     load_data(cfg) reads them; a resumed run always reads them).
+    extras: also write the TensorBoard events and curves.png (off for a throw-away run).
 
     Under torchrun every process calls this; training is data-parallel (see
     s5ssm.distributed and this module's docstring) and only the main process writes or
@@ -433,13 +452,13 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print, data:
     """
     ctx, device = distributed.setup(cfg["device"])
     try:
-        return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device, data)
+        return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device, data, extras)
     finally:
         distributed.teardown(ctx)
 
 
 def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device,
-           data: Data | None) -> dict:  # fmt: skip
+           data: Data | None, extras: bool) -> dict:  # fmt: skip
     ckpt_dir = run_dir / "checkpoints"
     if not resume:
         if (ckpt_dir / "last.json").exists():
@@ -476,12 +495,12 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"][ctx.rank])
         progress = state["progress"]
-    runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log)
+    runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log, extras)
     if resume:
         runlog.truncate(progress)
         log(f"resuming {run_dir} at epoch {progress['epoch']}, batch {progress['batch']}")
     log(f"{cfg['model']} model, {sum(p.numel() for p in net.parameters()):,} parameters; "
-        f"{len(train_set)} train / {len(data.splits['val'])} val / {len(data.splits['test'])} test sequences"
+        + " / ".join(f"{len(ds)} {name}" for name, ds in data.splits.items()) + " sequences"
         + (f"; {ctx.world} processes at batch size {batch_size} each" if ctx.distributed else ""))  # fmt: skip
     # every process starts from the same weights (same seed; DDP also broadcasts rank 0's)
     model = net
