@@ -154,6 +154,16 @@ def default_s5ssm_command() -> list[str]:
     return [found]
 
 
+def check_s5ssm(command: list[str]) -> None:
+    """`s5ssm tasks` once before anything else: fails fast on a wrong --s5ssm, and through
+    ./run.sh it makes s5ssm's environment (minutes, the first time) outside the timings."""
+    print(f"checking the s5ssm command: {shlex.join(command)} tasks", file=sys.stderr)
+    try:
+        run_checked([*command, "tasks"], "the s5ssm command (--s5ssm)")
+    except OSError as exc:
+        raise SystemExit(f"error: --s5ssm {shlex.join(command)}: cannot run it: {exc}") from None
+
+
 def read_summary(run_dir: Path) -> dict:
     """The test result of a run from RUN_DIR/summary.json.
 
@@ -233,9 +243,14 @@ def fmt_seconds(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
 
 
+def fails(error: str) -> str:
+    """A failure in a table cell: the message without its 'error: ' prefix, cut to 80 characters."""
+    return "fails: " + error.removeprefix("error: ")[:80].replace("|", "/")  # a "|" would split the cell
+
+
 def s5ssm_cell(metric: str, s5: dict) -> str:
     """'mean (seed values)', failed seeds shown with their error."""
-    values = [fmt_value(metric, r["value"]) if "error" not in r else f"fails: {r['error'][:80]}" for r in s5["runs"]]
+    values = [fmt_value(metric, r["value"]) if "error" not in r else fails(r["error"]) for r in s5["runs"]]
     if s5["mean"] is None:
         return "; ".join(values)
     return fmt_value(metric, s5["mean"]) + (f" ({', '.join(values)})" if len(values) > 1 else "")
@@ -245,7 +260,7 @@ def minirocket_cell(metric: str, mr: dict) -> str:
     if mr["status"] == "ok":
         return fmt_value(metric, mr["value"])
     if mr["status"] == "failed":
-        return f"fails: {mr.get('error', '')[:80]}"
+        return fails(mr.get("error", ""))
     return mr["status"]  # "cannot (unequal lengths)", "not run"
 
 
@@ -281,7 +296,7 @@ def format_table(results: dict) -> str:
              f"{results['cpus']} CPUs; s5ssm defaults, seeds {seeds}"
              + (f", extra args: {shlex.join(results['extra_args'])}" if results["extra_args"] else ""),
              "",
-             "| set | metric | s5ssm (mean (seeds)) | MiniRocket | s5ssm s/seed | MiniRocket s | s5ssm parameters |",
+             "| set | metric | s5ssm: mean (per seed) | MiniRocket | s5ssm s/seed | MiniRocket s | s5ssm parameters |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     lines += [set_row(name, entry) for name, entry in results["sets"].items()]
     mean = results.get("classification_mean")
@@ -360,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.datetime.now(datetime.timezone.utc)
     out = args.out or REPO / "benchmarks" / "results" / f"ucr-{now:%Y-%m-%d}.json"
     runs_root = args.runs_dir or args.cache / "runs" / f"{now:%Y%m%d-%H%M%S}"
+    check_s5ssm(args.s5ssm)
     extract_sets(args.cache, args.sets)
     aeon = aeon_python(args.cache) if args.minirocket else None
     results = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(), "cpus": os.cpu_count(),
