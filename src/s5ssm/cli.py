@@ -203,14 +203,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
-
     from . import trainer
-    from .data import collate, load_file
+    from .data import labels, load_file
 
+    out_path = Path(args.out or "predictions.csv")
+    if out_path.is_dir():
+        raise SystemExit(f"error: --out {out_path}: is a directory; give a file name, e.g. {out_path / 'predictions.csv'}")
     cfg, model, data = trainer.load_run(args.run_dir)
     dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
-    out_path = Path(args.out or "predictions.csv")
+    labels.conform_inputs(dataset, data.info, f"--data {args.data}")
+    header, rows = _prediction_rows(model, dataset, data.info)
+    with out_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} predictions to {out_path}")
+    return 0
+
+
+def _prediction_rows(model, dataset, info: dict) -> tuple[list[str], list[list]]:
+    """The CSV header and one row per sequence of `dataset`.
+
+    Classification: index, the predicted class's name (as the training data writes it),
+    then p_<name> for every class. Regression: index, an empty prediction, then y0, y1, ...
+    (the outputs of the valid steps, flattened, for per-step targets).
+    """
+    import torch
+
+    from .data import collate, labels
+
+    classification = info["kind"] == "classification"
+    names = labels.class_names(info) if classification else []
     rows = []
     with torch.no_grad():
         for start in range(0, len(dataset), 64):
@@ -218,23 +241,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             kwargs = {"mask": batch["mask"]}
             if "step_scale" in batch:
                 kwargs["step_scale"] = batch["step_scale"]
-            out = model(batch["x"], **kwargs)
-            for offset, values in enumerate(out):
-                index = start + offset
-                if data.info["kind"] == "classification":
+            for offset, values in enumerate(model(batch["x"], **kwargs)):
+                if classification:
                     probs = torch.softmax(values, -1)
-                    rows.append([index, int(probs.argmax())] + [f"{p:.6g}" for p in probs.tolist()])
+                    rows.append([start + offset, names[int(probs.argmax())]] + [f"{p:.6g}" for p in probs.tolist()])
                 else:
                     flat = values[batch["mask"][offset]] if values.dim() == 2 else values
-                    rows.append([index, ""] + [f"{v:.6g}" for v in flat.flatten().tolist()])
-    with out_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        width = max(len(r) for r in rows) - 2
-        names = "p" if data.info["kind"] == "classification" else "y"
-        writer.writerow(["index", "prediction"] + [f"{names}{i}" for i in range(width)])
-        writer.writerows(rows)
-    print(f"wrote {len(rows)} predictions to {out_path}")
-    return 0
+                    rows.append([start + offset, ""] + [f"{v:.6g}" for v in flat.flatten().tolist()])
+    width = max(len(r) for r in rows) - 2
+    columns = [f"p_{name}" for name in names] if classification else [f"y{i}" for i in range(width)]
+    return ["index", "prediction"] + columns, rows
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

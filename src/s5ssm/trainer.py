@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed, precision
 from .baselines import RNNModel
-from .data import SequenceDataset, collate, get_task, load_file, seeded_split
+from .data import SequenceDataset, collate, get_task, labels, load_file, seeded_split
 from .io import atomic_write_text
 from .model import S5Model
 
@@ -77,8 +77,8 @@ def load_data(cfg: dict) -> Data:
         train, info = load_file(path)
         test_path = Path(cfg["test_data"]) if cfg.get("test_data") else _test_sibling(path)
         stratify = info["kind"] == "classification"
-        if test_path is not None:
-            test, _ = load_file(test_path)
+        if test_path is not None:  # renumbered into the training classes, its inputs checked
+            test = labels.conform(*load_file(test_path), info, str(test_path))
         else:
             test, train = seeded_split(train, 0.2, seed, stratify=stratify)
         val, train = seeded_split(train, 0.1, seed + 1, stratify=stratify)

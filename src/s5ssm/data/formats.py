@@ -46,7 +46,8 @@ Keys (no others are accepted):
                     (values past each length are ignored).
   Integer ``x`` means token ids (>= 0); float ``x`` means features.
 - ``lengths``: integer (N,), each >= 1; needed for the concatenated and padded layouts.
-- ``y``: integer (N,) class labels (0..K-1), string (N,) class names, float (N,) or
+- ``y``: integer (N,) class labels (the classes are the sorted values that occur, named
+  by their values, unless ``class_names`` names ids 0..K-1), string (N,) class names, float (N,) or
   (N, T) regression targets, or float (N, L_max, T) per-step regression targets.
 - ``t`` (optional): float time stamps in the layout of ``x`` without D: (N, L),
   (sum L_i,) or (N, L_max); strictly increasing within each sequence.
@@ -617,7 +618,11 @@ def _dataset_from_arrays(path: Path, arrays: dict) -> tuple[SequenceDataset, dic
         targets = y.astype(np.int64)
         if targets.min() < 0:
             raise _npz_fail(path, "y", f"sequence {int(np.argmin(targets))}: class label {int(targets.min())} < 0")
-        if class_names is not None and targets.max() >= len(class_names):
+        if class_names is None:  # the classes are the labels that occur, named by their values
+            values, inverse = np.unique(targets, return_inverse=True)
+            targets = inverse.reshape(-1).astype(np.int64)
+            class_names = [str(v) for v in values.tolist()]
+        elif targets.max() >= len(class_names):
             i = int(np.argmax(targets))
             raise _npz_fail(
                 path, "y", f"sequence {i}: class label {int(targets[i])} but only {len(class_names)} class_names"
