@@ -159,7 +159,7 @@ def test_bad_flags_and_files_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown option 'epochz'"):
         main(["train", "--config", str(bad)])
     bad.write_text("epochs: many\n")
-    with pytest.raises(SystemExit, match="epochs must be a int"):
+    with pytest.raises(SystemExit, match="epochs must be an int"):
         main(["train", "--config", str(bad)])
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "two"])

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from . import settings
 from .memory import keep_freed_memory
 from .model import S5Model
 from .precision import check_precision
+from .rundir import Interrupted
 
 DEFAULT_TASK = "digits"
 TRAIN_DEFAULTS = {
@@ -114,14 +116,19 @@ def read_config_file(path: str) -> dict:
     if not isinstance(values, dict):
         raise SystemExit(f"error: --config {path}: expected a mapping of option names to values")
     allowed = set(ALL_DEFAULTS) | {"task_options"}
-    for key, value in values.items():
+    for key in values:
         if key not in allowed:
             raise SystemExit(f"error: --config {path}: unknown option {key!r}")
-        default = ALL_DEFAULTS.get(key)
-        if default is not None and value is not None and not isinstance(value, type(default)):
-            if not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
-                raise SystemExit(f"error: --config {path}: {key} must be a {type(default).__name__}, got {value!r}")
+    _validate(values, lambda key: f"--config {path}: {key}")
     return values
+
+
+def _validate(values: dict, name) -> None:
+    """settings.validate, its refusal as the command's error (naming the flag or the file's key)."""
+    try:
+        settings.validate(values, ALL_DEFAULTS, name)
+    except settings.SettingError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
@@ -130,6 +137,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
     from_file = read_config_file(args.config) if args.config else {}
     source = {**from_file, **given}
+    _validate(given, lambda key: f"--{key}")  # before the task reads its options
     if source.get("task") and source.get("data"):
         raise SystemExit("error: give --task or --data, not both")
     if not source.get("task") and not source.get("data"):
@@ -143,11 +151,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         cfg.update(task.model_defaults)
         cfg.update(task.train_defaults)
     cfg.update(source)
-    for name in ("epochs", "batch_size"):
-        if cfg[name] < 1:
-            raise SystemExit(f"error: --{name} must be >= 1, got {cfg[name]}")
-    if cfg["model"] not in ("s5", "lstm", "gru"):
-        raise SystemExit(f"error: --model must be s5, lstm or gru, got {cfg['model']!r}")
+    _validate(cfg, lambda key: f"--config {args.config}: {key}" if key in from_file and key not in given else f"--{key}")
     try:
         check_precision(cfg["precision"], cfg["device"])
     except ValueError as exc:
@@ -167,10 +171,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise SystemExit(f"error: --resume {run_dir}: not a run directory (no config.yaml)")
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        cfg["quiet"] = cfg["quiet"] or bool(args.quiet)
+        if args.run_dir and Path(args.run_dir) != run_dir:
+            raise SystemExit(f"error: --resume {run_dir} continues that directory; --run_dir {args.run_dir} names another")
+        given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
+        given = {**(read_config_file(args.config) if args.config else {}), **given}
+        cfg = settings.resume_config(settings.read_run_config(run_dir, ALL_DEFAULTS), given, run_dir)
         summary = trainer.train(cfg, run_dir, resume=True)
     else:
         cfg = resolve_config(args)
@@ -196,7 +201,7 @@ def _print_summary(summary: dict) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import trainer
 
-    cfg, model, data = trainer.load_run(args.run_dir)
+    cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
     result = trainer.evaluate(model, data.splits[args.split], data.info, int(cfg["batch_size"]), "cpu")
     print(json.dumps({"split": args.split, **result}))
     return 0
@@ -209,7 +214,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out_path = Path(args.out or "predictions.csv")
     if out_path.is_dir():
         raise SystemExit(f"error: --out {out_path}: is a directory; give a file name, e.g. {out_path / 'predictions.csv'}")
-    cfg, model, data = trainer.load_run(args.run_dir)
+    cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
     dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
     labels.conform_inputs(dataset, data.info, f"--data {args.data}")
     header, rows = _prediction_rows(model, dataset, data.info)
@@ -302,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as exc:  # Ctrl-C; training saved a checkpoint first
+        print(f"{exc or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
