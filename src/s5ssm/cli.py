@@ -172,7 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         if args.run_dir and Path(args.run_dir) != run_dir:
-            raise SystemExit(f"error: --resume {run_dir} continues that directory; --run_dir {args.run_dir} names another")
+            raise ValueError(f"--resume {run_dir} continues that directory; --run_dir {args.run_dir} names another")
         given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
         given = {**(read_config_file(args.config) if args.config else {}), **given}
         cfg = settings.resume_config(settings.read_run_config(run_dir, ALL_DEFAULTS), given, run_dir)

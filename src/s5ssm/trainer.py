@@ -396,6 +396,7 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print) -> di
     logs anything; the others return an empty dict. The process group is destroyed on the
     way out, also after an error.
     """
+    settings.validate(cfg)  # the command line validated them already; a library caller may not have
     ctx, device = distributed.setup(cfg["device"])
     try:  # the main process holds the run directory's lock (s5ssm.rundir) for the whole run
         with rundir.locked(run_dir) if ctx.main else contextlib.nullcontext(), rundir.StopOnInterrupt(
