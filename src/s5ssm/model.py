@@ -81,7 +81,8 @@ class S5Model(nn.Module):
         image_shape: (height, width) of those images, height·width = embed_dim; None
             reads square ones (sqrt(embed_dim) a side). Only with encoder="conv".
         output_dim: add a Linear(H, output_dim) head (logits or regression outputs).
-        pooling: "last" (last valid step), "mean" (over valid steps) or "none" (every step).
+        pooling: "last" (last valid step), "mean" (over valid steps) or "none" (every step);
+            with "last" and "mean" a sequence whose mask has no valid step pools to zeros.
         blocks, norm, prenorm, activation, bn_momentum: as in S5Block.
         conj_sym, clip_eigs, bidirectional, discretization, C_init, dt_min, dt_max,
         step_rescale, scan_backend: as in S5SSM.
@@ -169,6 +170,8 @@ class S5Model(nn.Module):
             expect_shape(name, x, lead + (self.embed_dim,), labels + "D")
             if finite:
                 expect_finite(name, x)
+        if not stepping and (x.shape[0] == 0 or x.shape[1] == 0):  # else the first layer would name its own input
+            raise ValueError(f"{name} must have at least one sequence of length >= 1, got {list(x.shape)}")
         if not stepping and self.window_size is not None and x.shape[1] > self.window_size:
             raise ValueError(f"x: sequence length {x.shape[1]} exceeds window_size={self.window_size}")
         if mask is not None:
@@ -188,7 +191,8 @@ class S5Model(nn.Module):
             return h[:, -1]
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
-        return h[torch.arange(h.shape[0], device=h.device), last]
+        # a row with no valid step pools to zeros (as "mean" does), not to a padded step's output
+        return h[torch.arange(h.shape[0], device=h.device), last] * mask.any(dim=1, keepdim=True).to(h.dtype)
 
     def forward(
         self,

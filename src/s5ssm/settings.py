@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from .ssm import MAX_STEP_SCALE
+
 __all__ = ["SettingError", "validate", "read_run_config", "resume_config", "OPT_CONFIGS", "RESUMABLE"]
 
 OPT_CONFIGS = ("standard", "BandCdecay", "BfastandCdecay", "noBCdecay")
@@ -115,7 +117,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "bn_momentum": _finite(0, high=1),
     "dt_min": _finite(0, strict=True),
     "dt_max": _finite(0, strict=True),
-    "step_rescale": _finite(0, strict=True),
+    "step_rescale": _finite(0, strict=True, high=MAX_STEP_SCALE),
     "image_shape": _image_shape,
 }
 NULLABLE = ("task", "data", "test_data", "task_options", "image_shape")  # null: not given

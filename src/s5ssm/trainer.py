@@ -437,8 +437,10 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         if len(state["rng"]) != ctx.world:
             raise ValueError(f"--resume {run_dir}: the run was trained by {len(state['rng'])} process(es) "
                              f"(WORLD_SIZE); resume it with as many, not {ctx.world}")  # fmt: skip
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore(net, state["model"], ckpt_dir, "last")
+        checkpoint.restore(optimizer, state["optimizer"], ckpt_dir, "last", "state.json")
+        if (ckpt_dir / "best.json").exists():  # read at the end: check it now, not after the epochs
+            checkpoint.load_model(ckpt_dir, "best")
         torch.set_rng_state(state["rng"][ctx.rank])
         progress = state["progress"]
         if progress["epoch"] > int(cfg["epochs"]):
@@ -519,7 +521,7 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             raise rundir.Interrupted(run_dir, progress["global_step"])
     runlog.close()
     distributed.barrier(ctx)  # the best checkpoint is on disk before anyone reads it
-    net.load_state_dict(checkpoint.load(ckpt_dir, "best")["model"])
+    checkpoint.restore(net, checkpoint.load_model(ckpt_dir, "best"), ckpt_dir, "best")
     results = {split: evaluate(net, ds, info, batch_size, device, ctx) for split, ds in data.splits.items()}
     if not ctx.main:
         return {}
@@ -547,5 +549,6 @@ def load_run(run_dir: str | Path, which: str = "best", defaults: dict | None = N
     cfg = settings.read_run_config(run_dir, defaults)
     data = load_data(cfg)
     model = build_model(cfg, data.info)
-    model.load_state_dict(checkpoint.load(run_dir / "checkpoints", which)["model"])
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint.restore(model, checkpoint.load_model(ckpt_dir, which), ckpt_dir, which)
     return cfg, model.eval(), data
