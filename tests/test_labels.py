@@ -116,6 +116,9 @@ def test_eval_and_predict_use_the_training_names(tmp_path, capsys):
     for row in rows[1:]:
         p_a, p_b = float(row[2]), float(row[3])
         assert row[1] == ("a" if p_a >= p_b else "b")
+    assert main(["predict", str(run), "--data", str(tmp_path / "X_TEST.ts"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path}" in err and "is a directory" in err
     # predict refuses inputs the model cannot read, naming the file
     np.savez(tmp_path / "tokens.npz", x=np.ones((2, 4), np.int64))
     assert main(["predict", str(run), "--data", str(tmp_path / "tokens.npz"), "--out", str(out)]) == 2

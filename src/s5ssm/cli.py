@@ -213,7 +213,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out_path = Path(args.out or "predictions.csv")
     if out_path.is_dir():
-        raise SystemExit(f"error: --out {out_path}: is a directory; give a file name, e.g. {out_path / 'predictions.csv'}")
+        raise ValueError(f"--out {out_path}: is a directory; give a file name, e.g. {out_path / 'predictions.csv'}")
     cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
     dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
     labels.conform_inputs(dataset, data.info, f"--data {args.data}")
