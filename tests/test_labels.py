@@ -2,6 +2,7 @@
 to eval and to predict; every split's inputs are checked before training starts."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -109,6 +110,9 @@ def test_eval_and_predict_use_the_training_names(tmp_path, capsys):
     write_ts(tmp_path / "X_TEST.ts", ["b", "a"], cases(6))
     run = tmp_path / "run"
     assert main(["train", "--data", str(tmp_path / "X_TRAIN.ts"), *SMALL, "--run_dir", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["eval", str(run)]) == 0  # eval reads the test file in the training numbering too
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["accuracy"] == summary["results"]["test"]["accuracy"]
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run), "--data", str(tmp_path / "X_TEST.ts"), "--out", str(out)]) == 0
     rows = list(csv.reader(out.open()))

@@ -33,8 +33,8 @@ def test_second_run_into_a_locked_directory_fails_at_once(tmp_path, capsys):
         assert str(run) in err and "in use by another s5ssm run" in err and str(os.getpid()) in err
         assert not (run / "config.yaml").exists() and not (run / "metrics_steps.csv").exists()
         assert main(["train", "--resume", str(run)]) == 2  # a resume waits its turn too
-    # released: the directory is usable again
-    assert main(["train", *TINY, "--epochs", "1", "--run_dir", str(run)]) == 0
+    with rundir.locked(run):  # released at the end of the block
+        pass
 
 
 def test_lock_is_held_across_processes(tmp_path):
@@ -58,15 +58,18 @@ def test_lock_is_held_across_processes(tmp_path):
 
 def test_directory_of_a_run_that_never_checkpointed_starts_afresh(tmp_path, capsys):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("stale: true\n")
-    (run / "metrics_steps.csv").write_text("step,epoch,lr,loss\n" + "".join(f"{s},0,0.001,2.3\n" for s in range(1, 11)))
-    (run / "checkpoints" / "step-000000002").mkdir(parents=True)  # a save cut short
+    args = ["train", *TINY, "--epochs", "1", "--checkpoint_every", "0", "--run_dir", str(run)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), S5SSM_KILL_AT_STEP="3")
+    died = subprocess.run([sys.executable, "-m", "s5ssm", *args], env=env, capture_output=True)
+    assert died.returncode == -9 and steps_logged(run) == [1, 2, 3]  # killed before the epoch's checkpoint
+    (run / "checkpoints" / "step-000000002").mkdir(parents=True)  # as a save cut short leaves it
     (run / "notes.txt").write_text("mine")
-    assert main(["train", *TINY, "--epochs", "1", "--run_dir", str(run)]) == 0
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "stopped before its first checkpoint" in capsys.readouterr().err
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "stopped before its first checkpoint" in out and "metrics_steps.csv" in out
-    assert steps_logged(run) == [1, 2, 3, 4]  # 60 training sequences at batch size 16
+    assert steps_logged(run) == [1, 2, 3, 4]  # 60 training sequences at batch size 16, each step once
     assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are removed
     assert not (run / "checkpoints" / "step-000000002").exists()
 

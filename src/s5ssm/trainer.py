@@ -433,6 +433,9 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     progress = {"epoch": 0, "batch": 0, "global_step": 0, "sums": [0.0, 0.0, 0], "best": None,
                 "best_epoch": None, "seconds": 0.0}  # fmt: skip
     if resume:
+        if not (ckpt_dir / "last.json").exists():
+            raise FileNotFoundError(f"--resume {run_dir}: the run stopped before its first checkpoint, nothing to "
+                                    f"resume; train again with --run_dir {run_dir} to start it afresh")  # fmt: skip
         state = checkpoint.load(ckpt_dir, "last")
         if len(state["rng"]) != ctx.world:
             raise ValueError(f"--resume {run_dir}: the run was trained by {len(state['rng'])} process(es) "
