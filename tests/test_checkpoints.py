@@ -109,3 +109,13 @@ def test_checkpoint_of_another_model_is_named(run, capsys):
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "does not fit" in err
+
+
+def test_state_without_progress_keys_is_named(run, capsys):
+    path = newest(run) / "state.json"
+    state = json.loads(path.read_text())
+    del state["progress"]["global_step"]
+    path.write_text(json.dumps(state))
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "'global_step'" in err

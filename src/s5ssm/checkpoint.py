@@ -34,6 +34,7 @@ from .io import atomic_write_text, load_safetensors, save_safetensors
 
 POINTERS = ("last", "best", "previous")
 STEP_DIR = re.compile(r"step-\d{9}")
+PROGRESS_KEYS = ("epoch", "batch", "global_step", "sums", "best", "best_epoch", "seconds")  # see s5ssm.trainer
 
 
 class CheckpointError(ValueError):
@@ -109,13 +110,13 @@ def _prune(root: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _recovery(root: Path) -> str:
-    """How to recover from a damaged checkpoint: the one saved before it, when kept."""
+def _recovery(root: Path, damaged: str) -> str:
+    """How to recover from the damaged checkpoint directory `damaged`: the one saved before it, when kept."""
     try:
         previous = _pointed_name(root, "previous")
     except CheckpointError:
         previous = None
-    if previous is None or not (root / previous / "state.json").is_file():
+    if previous in (None, damaged) or not (root / previous / "state.json").is_file():
         return "no earlier checkpoint is kept; start the run again in a new --run_dir"
     return (f"the checkpoint before it is kept: copy {root / 'previous.json'} over {root / 'last.json'} "
             f"to resume from {previous}")  # fmt: skip
@@ -145,7 +146,7 @@ def resolve(root: str | Path, name: str = "last") -> Path:
         raise FileNotFoundError(f"{pointer}: no {name!r} checkpoint")
     directory = root / target
     if not (directory / "state.json").is_file():
-        raise FileNotFoundError(f"{directory}: incomplete checkpoint named by {pointer}; {_recovery(root)}")
+        raise FileNotFoundError(f"{directory}: incomplete checkpoint named by {pointer}; {_recovery(root, target)}")
     return directory
 
 
@@ -154,16 +155,19 @@ def _read(path: Path, read, root: Path):
     try:
         return read(path)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing from the checkpoint; {_recovery(root)}") from None
+        raise CheckpointError(f"{path}: missing from the checkpoint; {_recovery(root, path.parent.name)}") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
         detail = str(exc).removeprefix(f"{path}: ")
-        raise CheckpointError(f"{path}: damaged ({detail}); {_recovery(root)}") from None
+        raise CheckpointError(f"{path}: damaged ({detail}); {_recovery(root, path.parent.name)}") from None
 
 
 def _state_json(path: Path) -> dict:
     meta = json.loads(path.read_text())
     if not isinstance(meta, dict) or not isinstance(meta.get("progress"), dict) or "optimizer" not in meta:
         raise ValueError("expected the keys 'optimizer' and 'progress'")
+    missing = [key for key in PROGRESS_KEYS if key not in meta["progress"]]
+    if missing:
+        raise ValueError(f"the training progress lacks {missing[0]!r}")
     return meta
 
 
@@ -183,7 +187,8 @@ def load(root: str | Path, name: str = "last") -> dict:
     meta = _read(directory / "state.json", _state_json, root)
     tensors = _read(directory / "optimizer.safetensors", load_safetensors, root)
     if "rng.torch" not in tensors:
-        raise CheckpointError(f"{directory / 'optimizer.safetensors'}: damaged (no 'rng.torch'); {_recovery(root)}")
+        raise CheckpointError(f"{directory / 'optimizer.safetensors'}: damaged (no 'rng.torch'); "
+                              f"{_recovery(root, directory.name)}")  # fmt: skip
     rng = [tensors.pop("rng.torch")]
     while f"rng.torch.{len(rng)}" in tensors:
         rng.append(tensors.pop(f"rng.torch.{len(rng)}"))
@@ -204,4 +209,4 @@ def restore(module, state: dict, root: str | Path, name: str, what: str = "model
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         path = resolve(root, name) / what
         raise CheckpointError(f"{path}: does not fit this run's model ({str(exc).splitlines()[0]}); "
-                              f"{_recovery(root)}") from None  # fmt: skip
+                              f"{_recovery(root, path.parent.name)}") from None  # fmt: skip

@@ -50,7 +50,6 @@ from .model import S5Model
 from .settings import OPT_CONFIGS
 
 
-
 # ---------------------------------------------------------------------------- data
 @dataclass
 class Data:
