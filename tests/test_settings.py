@@ -100,6 +100,7 @@ def run_config(**changes):
         (None, ["config.yaml", "missing", "'epochs'"]),
         ("extra", ["config.yaml", "unknown option 'color'"]),
         ("bad value", ["config.yaml: ssm_lr", "> 0"]),
+        ("bad size", ["config.yaml: hidden_size", ">= 1", "-1"]),
         ("no data", ["config.yaml", "neither a task nor data"]),
     ],
 )
@@ -114,6 +115,8 @@ def test_run_directory_config_is_validated(tmp_path, capsys, text, words):
         text = yaml.safe_dump({**cfg, "color": "red"})
     elif text == "bad value":
         text = yaml.safe_dump({**cfg, "ssm_lr": -1.0})
+    elif text == "bad size":
+        text = yaml.safe_dump({**cfg, "hidden_size": -1})
     elif text == "no data":
         text = yaml.safe_dump({**cfg, "task": None})
     (run / "config.yaml").write_text(text)
