@@ -330,8 +330,26 @@ def test_npz_truncated_and_garbage(tmp_path):
         load_file(cut)
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"this is not a zip archive at all")
-    with pytest.raises(DataFormatError, match=r"junk\.npz: not a readable \.npz archive"):
+    with pytest.raises(DataFormatError, match=r"junk\.npz: not a readable \.npz archive") as err:
         load_file(junk)
+    assert "pickle" not in str(err.value)  # never a hint to allow unpickling
+
+
+def test_npz_declaring_more_data_than_it_holds_is_refused_before_allocating(tmp_path):
+    """A 10^6 x 10^6 float32 array (4 TB) declared by a few hundred bytes, stored or deflated."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)})
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        path = tmp_path / "bomb.npz"
+        with zipfile.ZipFile(path, "w", compression) as archive:
+            archive.writestr("x.npy", header.getvalue() + bytes(16))
+            archive.writestr("y.npy", header.getvalue())
+        assert path.stat().st_size < 600
+        with pytest.raises(DataFormatError, match=r"bomb\.npz\[x\]: declares shape \(1000000, 1000000\)"):
+            load_file(path)
 
 
 def test_load_file_dispatch_errors(tmp_path):

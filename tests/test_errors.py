@@ -346,3 +346,75 @@ def test_rnn_baseline_errors_and_time_input():
     check(ValueError, lambda: RNNModel("gru", 3, vocab_size=4), "exactly one of embed_dim")
     check(ValueError, lambda: RNNModel("gru", 4, encoder="conv"), "6×6")
     assert not torch.equal(timed(x, step_scale=scale), timed(x, step_scale=2 * scale))  # the gaps are read
+
+
+# ---------------------------------------------------------------- sizes and settings from files
+@pytest.mark.parametrize("value", [INF, 1e300, NAN, -1.0])
+def test_step_rescale_keeps_step_sizes_finite(value):
+    check(ValueError, lambda: S5SSM(3, 4, step_rescale=value), "step_rescale", str(value))
+    check(ValueError, lambda: S5Model(embed_dim=2, hidden_size=4, state_size=4, step_rescale=value), "step_rescale")
+    layer = layer64()
+    if value > 0:
+        check(ValueError, lambda: layer(U(), step_scale=value), "step_scale")
+
+
+def test_last_pooling_of_a_row_without_valid_steps_is_zeros():
+    torch.manual_seed(0)
+    model = S5Model(embed_dim=3, hidden_size=8, state_size=4, num_layers=1, output_dim=2, norm="layer").eval()
+    x = torch.randn(2, 5, 3)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1] = False
+    other = x.clone()
+    other[1] = 7.0  # the padded values of the empty row
+    out = model(x, mask=mask)
+    assert torch.equal(out, model(other, mask=mask))
+    assert torch.equal(out[1], model.head.bias.detach())  # the head of a zero pooled vector
+    model.pooling = "mean"
+    assert torch.equal(model(x, mask=mask)[1], out[1])
+
+
+def test_model_names_x_at_batch_zero():
+    model = S5Model(embed_dim=3, hidden_size=4, state_size=4, num_layers=1)
+    check(ValueError, lambda: model(torch.randn(0, 5, 3)), "x must have at least one sequence", "[0, 5, 3]")
+    check(ValueError, lambda: model(torch.randn(2, 0, 3)), "x must have", "[2, 0, 3]")
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1])
+def test_bn_momentum_is_a_fraction(value):
+    check(ValueError, lambda: S5Block(4, 4, bn_momentum=value), "bn_momentum", "[0, 1]", str(value))
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (dict(embed_dim=2, num_layers=10**9), ["num_layers=1000000000", "parameters"]),
+        (dict(embed_dim=2, hidden_size=10**6), ["hidden_size=1000000", "parameters"]),
+        (dict(vocab_size=10**11), ["vocab_size=100000000000", "parameters"]),
+        (dict(embed_dim=2, hidden_size=-1), ["hidden_size must be >= 1", "-1"]),
+        (dict(embed_dim=2, num_layers="6"), ["num_layers must be an int"]),
+        (dict(embed_dim=2, step_rescale=INF), ["step_rescale", "inf"]),
+        ([1, 2], ["expected an object"]),
+        (dict(embed_dim=2, colour=1), ["colour"]),
+    ],
+)
+def test_from_pretrained_checks_sizes_before_allocating(tmp_path, config, words):
+    import json
+    import time
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises((TypeError, ValueError)) as err:
+        S5Model.from_pretrained(tmp_path)
+    assert time.perf_counter() - start < 2
+    for word in [str(tmp_path / "config.json"), *words]:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_npz_token_ids_beyond_any_vocabulary_are_refused(tmp_path):
+    import numpy as np
+
+    from s5ssm.data import DataFormatError, load_file
+
+    np.savez(tmp_path / "tokens.npz", x=np.array([[1, 10**11]]), y=np.array([0]))
+    with pytest.raises(DataFormatError, match=r"tokens\.npz\[x\]: sequence 0: token id 100000000000"):
+        load_file(tmp_path / "tokens.npz")

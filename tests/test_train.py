@@ -56,7 +56,7 @@ def test_train_eval_predict_and_run_directory(tmp_path):
     preds = tmp_path / "preds.csv"
     run_cli(["predict", str(run), "--data", str(tmp_path / "new.npz"), "--out", str(preds)])
     rows = list(csv.reader(preds.open()))
-    assert rows[0][:3] == ["index", "prediction", "p0"] and len(rows) == len(data) + 1
+    assert rows[0][:3] == ["index", "prediction", "p_0"] and len(rows) == len(data) + 1
     probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     # new inputs come without labels: the same predictions
@@ -159,7 +159,7 @@ def test_bad_flags_and_files_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit, match="unknown option 'epochz'"):
         main(["train", "--config", str(bad)])
     bad.write_text("epochs: many\n")
-    with pytest.raises(SystemExit, match="epochs must be a int"):
+    with pytest.raises(SystemExit, match="epochs must be an int"):
         main(["train", "--config", str(bad)])
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "two"])

@@ -102,6 +102,8 @@ class S5Block(nn.Module):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not 0.0 <= bn_momentum <= 1.0:  # a fraction of the running statistics kept
+            raise ValueError(f"bn_momentum must be in [0, 1], got {bn_momentum}")
         self.prenorm = prenorm
         self.activation = activation
         self.dropout = dropout

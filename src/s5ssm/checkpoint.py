@@ -9,17 +9,22 @@ Layout under a run's `checkpoints/` directory:
         state.json             optimizer param_groups, training progress (written last)
     last.json                  {"dir": "step-000000120"}: the pointer to the newest checkpoint
     best.json                  the same for the best validation metric
+    previous.json              the same for the checkpoint before the newest (to recover from
+                               a damaged one: the error message says how)
 
 A checkpoint directory is complete before a pointer names it, and each pointer is replaced
 atomically (s5ssm.io), so a process killed at any moment leaves every pointer naming a
 complete checkpoint. Directories no pointer names are deleted after the pointers move.
-Loading reads safetensors and JSON only: nothing is unpickled.
+Loading reads safetensors and JSON only: nothing is unpickled. A pointer is only followed to a
+step-NNNNNNNNN directory beside it, never out of the run directory; a damaged file raises
+CheckpointError (a ValueError) naming the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -27,7 +32,13 @@ import torch
 
 from .io import atomic_write_text, load_safetensors, save_safetensors
 
-POINTERS = ("last", "best")
+POINTERS = ("last", "best", "previous")
+STEP_DIR = re.compile(r"step-\d{9}")
+PROGRESS_KEYS = ("epoch", "batch", "global_step", "sums", "best", "best_epoch", "seconds")  # see s5ssm.trainer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is damaged or missing; the message names it and how to recover."""
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -83,6 +94,9 @@ def save(
         _crash_point("save")
         save_safetensors(tensors, directory / "optimizer.safetensors")
         atomic_write_text(directory / "state.json", json.dumps({"optimizer": meta, "progress": progress}, indent=1))
+    last = _pointed_name(root, "last") if "last" in pointers else None
+    if last is not None and last != directory.name:  # kept, to recover from a damaged newest checkpoint
+        atomic_write_text(root / "previous.json", json.dumps({"dir": last}))
     for name in pointers:
         atomic_write_text(root / f"{name}.json", json.dumps({"dir": directory.name}))
     _prune(root)
@@ -90,34 +104,113 @@ def save(
 
 
 def _prune(root: Path) -> None:
-    keep = {resolve(root, name).name for name in POINTERS if (root / f"{name}.json").is_file()}
+    keep = {_pointed_name(root, name) for name in POINTERS if (root / f"{name}.json").is_file()}
     for entry in root.glob("step-*"):
         if entry.name not in keep:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def resolve(root: str | Path, name: str = "last") -> Path:
-    """The checkpoint directory a pointer names."""
-    pointer = Path(root) / f"{name}.json"
+def _recovery(root: Path, damaged: str) -> str:
+    """How to recover from the damaged checkpoint directory `damaged`: the one saved before it, when kept."""
+    try:
+        previous = _pointed_name(root, "previous")
+    except CheckpointError:
+        previous = None
+    if previous in (None, damaged) or not (root / previous / "state.json").is_file():
+        return "no earlier checkpoint is kept; start the run again in a new --run_dir"
+    try:
+        targets = [name for name in ("last", "best") if _pointed_name(root, name) == damaged] or ["last"]
+    except CheckpointError:
+        targets = ["last"]
+    over = " and ".join(str(root / f"{name}.json") for name in targets)
+    return f"the checkpoint before it is kept: copy {root / 'previous.json'} over {over} to resume from {previous}"
+
+
+def _pointed_name(root: Path, name: str) -> str | None:
+    """The directory name a pointer file holds (None: no such pointer); never a path out of root."""
+    pointer = root / f"{name}.json"
     if not pointer.is_file():
+        return None
+    try:
+        target = json.loads(pointer.read_text())["dir"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{pointer}: damaged checkpoint pointer ({type(exc).__name__}: {exc})") from None
+    if not isinstance(target, str) or not STEP_DIR.fullmatch(target):
+        raise CheckpointError(f"{pointer}: names {target!r}, not a checkpoint directory step-NNNNNNNNN of {root} "
+                              "(a pointer is never followed out of the run directory)")  # fmt: skip
+    return target
+
+
+def resolve(root: str | Path, name: str = "last") -> Path:
+    """The checkpoint directory a pointer names (inside root; its state.json written)."""
+    root = Path(root)
+    pointer = root / f"{name}.json"
+    target = _pointed_name(root, name)
+    if target is None:
         raise FileNotFoundError(f"{pointer}: no {name!r} checkpoint")
-    directory = Path(root) / json.loads(pointer.read_text())["dir"]
+    directory = root / target
     if not (directory / "state.json").is_file():
-        raise FileNotFoundError(f"{directory}: incomplete checkpoint named by {pointer}")
+        raise FileNotFoundError(f"{directory}: incomplete checkpoint named by {pointer}; {_recovery(root, target)}")
     return directory
 
 
+def _read(path: Path, read, root: Path):
+    """read(path), any failure a CheckpointError naming the file and how to recover."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing from the checkpoint; {_recovery(root, path.parent.name)}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError) as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise CheckpointError(f"{path}: damaged ({detail}); {_recovery(root, path.parent.name)}") from None
+
+
+def _state_json(path: Path) -> dict:
+    meta = json.loads(path.read_text())
+    if not isinstance(meta, dict) or not isinstance(meta.get("progress"), dict) or "optimizer" not in meta:
+        raise ValueError("expected the keys 'optimizer' and 'progress'")
+    missing = [key for key in PROGRESS_KEYS if key not in meta["progress"]]
+    if missing:
+        raise ValueError(f"the training progress lacks {missing[0]!r}")
+    return meta
+
+
+def load_model(root: str | Path, name: str = "best") -> dict[str, torch.Tensor]:
+    """The model state_dict of a checkpoint (no optimizer file needed: eval, predict)."""
+    root = Path(root)
+    return _read(resolve(root, name) / "model.safetensors", load_safetensors, root)
+
+
 def load(root: str | Path, name: str = "last") -> dict:
-    """{"model": state_dict, "optimizer": state_dict, "rng": [state per rank], "progress": dict}."""
+    """{"model": state_dict, "optimizer": state_dict, "rng": [state per rank], "progress": dict}.
+
+    A damaged or missing file raises CheckpointError naming it and how to recover.
+    """
+    root = Path(root)
     directory = resolve(root, name)
-    meta = json.loads((directory / "state.json").read_text())
-    tensors = load_safetensors(directory / "optimizer.safetensors")
+    meta = _read(directory / "state.json", _state_json, root)
+    tensors = _read(directory / "optimizer.safetensors", load_safetensors, root)
+    if "rng.torch" not in tensors:
+        raise CheckpointError(f"{directory / 'optimizer.safetensors'}: damaged (no 'rng.torch'); "
+                              f"{_recovery(root, directory.name)}")  # fmt: skip
     rng = [tensors.pop("rng.torch")]
     while f"rng.torch.{len(rng)}" in tensors:
         rng.append(tensors.pop(f"rng.torch.{len(rng)}"))
     return {
-        "model": load_safetensors(directory / "model.safetensors"),
-        "optimizer": _unflatten_optimizer(tensors, meta["optimizer"]),
+        "model": load_model(root, name),
+        "optimizer": _read(directory / "state.json", lambda _: _unflatten_optimizer(tensors, meta["optimizer"]), root),
         "rng": rng,
         "progress": meta["progress"],
     }
+
+
+def restore(module, state: dict, root: str | Path, name: str, what: str = "model.safetensors") -> None:
+    """module.load_state_dict(state); a mismatch (another model's checkpoint, a damaged file) is a
+    CheckpointError naming the checkpoint's file."""
+    root = Path(root)
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        path = resolve(root, name) / what
+        raise CheckpointError(f"{path}: does not fit this run's model ({str(exc).splitlines()[0]}); "
+                              f"{_recovery(root, path.parent.name)}") from None  # fmt: skip

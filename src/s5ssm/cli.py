@@ -22,10 +22,12 @@ from pathlib import Path
 
 import yaml
 
+from . import settings
 from .memory import keep_freed_memory
 from .precision import check_precision
+from .rundir import Interrupted
 
-from .options import ALL_DEFAULTS, DEFAULT_TASK, MODEL_DEFAULTS, TRAIN_DEFAULTS, TRAIN_HELP, check_settings
+from .options import ALL_DEFAULTS, DEFAULT_TASK, MODEL_DEFAULTS, TRAIN_DEFAULTS, TRAIN_HELP
 
 
 def _image_shape(text: str) -> list[int]:
@@ -81,14 +83,19 @@ def read_config_file(path: str) -> dict:
     if not isinstance(values, dict):
         raise SystemExit(f"error: --config {path}: expected a mapping of option names to values")
     allowed = set(ALL_DEFAULTS) | {"task_options"}
-    for key, value in values.items():
+    for key in values:
         if key not in allowed:
             raise SystemExit(f"error: --config {path}: unknown option {key!r}")
-        default = ALL_DEFAULTS.get(key)
-        if default is not None and value is not None and not isinstance(value, type(default)):
-            if not (isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)):
-                raise SystemExit(f"error: --config {path}: {key} must be a {type(default).__name__}, got {value!r}")
+    _validate(values, lambda key: f"--config {path}: {key}")
     return values
+
+
+def _validate(values: dict, name) -> None:
+    """settings.validate, its refusal as the command's error (naming the flag or the file's key)."""
+    try:
+        settings.validate(values, ALL_DEFAULTS, name)
+    except settings.SettingError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def given_options(args: argparse.Namespace) -> dict:
@@ -103,7 +110,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
     (For --data files, `fitted_defaults.apply` then fills what the user left unset.)"""
     from .data import get_task
 
-    source = given_options(args)
+    given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
+    from_file = read_config_file(args.config) if args.config else {}
+    source = {**from_file, **given}
+    _validate(given, lambda key: f"--{key}")  # before the task reads its options
     if source.get("task") and source.get("data"):
         raise SystemExit("error: give --task or --data, not both")
     if not source.get("task") and not source.get("data"):
@@ -118,10 +128,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         cfg.update(task.model_defaults)
         cfg.update(task.train_defaults)
     cfg.update(source)
-    try:
-        check_settings(cfg)
-    except ValueError as exc:
-        raise SystemExit(f"error: --{exc}") from None
+    _validate(cfg, lambda key: f"--config {args.config}: {key}" if key in from_file and key not in given else f"--{key}")
     try:
         check_precision(cfg["precision"], cfg["device"])
     except ValueError as exc:
@@ -141,10 +148,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise SystemExit(f"error: --resume {run_dir}: not a run directory (no config.yaml)")
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        cfg["quiet"] = cfg["quiet"] or bool(args.quiet)
+        if args.run_dir and Path(args.run_dir) != run_dir:
+            raise ValueError(f"--resume {run_dir} continues that directory; --run_dir {args.run_dir} names another")
+        given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
+        given = {**(read_config_file(args.config) if args.config else {}), **given}
+        cfg = settings.resume_config(settings.read_run_config(run_dir, ALL_DEFAULTS), given, run_dir)
         summary = trainer.train(cfg, run_dir, resume=True)
     else:
         cfg = resolve_config(args)
@@ -174,21 +182,44 @@ def _print_summary(summary: dict) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from . import trainer
 
-    cfg, model, data = trainer.load_run(args.run_dir)
+    cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
     result = trainer.evaluate(model, data.splits[args.split], data.info, int(cfg["batch_size"]), "cpu")
     print(json.dumps({"split": args.split, **result}))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from . import trainer
+    from .data import labels, load_file
+
+    out_path = Path(args.out or "predictions.csv")
+    if out_path.is_dir():
+        raise ValueError(f"--out {out_path}: is a directory; give a file name, e.g. {out_path / 'predictions.csv'}")
+    cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
+    dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
+    labels.conform_inputs(dataset, data.info, f"--data {args.data}")
+    header, rows = _prediction_rows(model, dataset, data.info)
+    with out_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} predictions to {out_path}")
+    return 0
+
+
+def _prediction_rows(model, dataset, info: dict) -> tuple[list[str], list[list]]:
+    """The CSV header and one row per sequence of `dataset`.
+
+    Classification: index, the predicted class's name (as the training data writes it),
+    then p_<name> for every class. Regression: index, an empty prediction, then y0, y1, ...
+    (the outputs of the valid steps, flattened, for per-step targets).
+    """
     import torch
 
-    from . import trainer
-    from .data import collate, load_file
+    from .data import collate, labels
 
-    cfg, model, data = trainer.load_run(args.run_dir)
-    dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
-    out_path = Path(args.out or "predictions.csv")
+    classification = info["kind"] == "classification"
+    names = labels.class_names(info) if classification else []
     rows = []
     with torch.no_grad():
         for start in range(0, len(dataset), 64):
@@ -196,23 +227,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             kwargs = {"mask": batch["mask"]}
             if "step_scale" in batch:
                 kwargs["step_scale"] = batch["step_scale"]
-            out = model(batch["x"], **kwargs)
-            for offset, values in enumerate(out):
-                index = start + offset
-                if data.info["kind"] == "classification":
+            for offset, values in enumerate(model(batch["x"], **kwargs)):
+                if classification:
                     probs = torch.softmax(values, -1)
-                    rows.append([index, int(probs.argmax())] + [f"{p:.6g}" for p in probs.tolist()])
+                    rows.append([start + offset, names[int(probs.argmax())]] + [f"{p:.6g}" for p in probs.tolist()])
                 else:
                     flat = values[batch["mask"][offset]] if values.dim() == 2 else values
-                    rows.append([index, ""] + [f"{v:.6g}" for v in flat.flatten().tolist()])
-    with out_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        width = max(len(r) for r in rows) - 2
-        names = "p" if data.info["kind"] == "classification" else "y"
-        writer.writerow(["index", "prediction"] + [f"{names}{i}" for i in range(width)])
-        writer.writerows(rows)
-    print(f"wrote {len(rows)} predictions to {out_path}")
-    return 0
+                    rows.append([start + offset, ""] + [f"{v:.6g}" for v in flat.flatten().tolist()])
+    width = max(len(r) for r in rows) - 2
+    columns = [f"p_{name}" for name in names] if classification else [f"y{i}" for i in range(width)]
+    return ["index", "prediction"] + columns, rows
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -264,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (Interrupted, KeyboardInterrupt) as exc:  # Ctrl-C; training saved a checkpoint first
+        print(f"{exc or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -29,10 +29,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import checkpoint, fitted_defaults, trainer
+from . import checkpoint, fitted_defaults, settings, trainer
 from .data import SequenceDataset, collate, dataset_info
 from .io import atomic_write_text, load_safetensors, save_safetensors
-from .options import ALL_DEFAULTS, check_settings
+from .options import ALL_DEFAULTS
 
 __all__ = ["S5Classifier", "S5Regressor"]
 
@@ -139,7 +139,7 @@ class _S5Estimator(BaseEstimator):
         data = trainer.holdout(dataset, info, cfg)
         log = print if self.verbose else (lambda *_: None)
         cfg = fitted_defaults.apply(cfg, given, data, log)
-        check_settings(cfg)
+        settings.validate(cfg, ALL_DEFAULTS)
         with tempfile.TemporaryDirectory(prefix="s5ssm-") as scratch:
             run_dir = Path(self.run_dir) if self.run_dir is not None else Path(scratch) / "run"
             summary = trainer.train(cfg, run_dir, log=log, data=data, extras=self.run_dir is not None)

@@ -62,5 +62,8 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu") -> di
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such safetensors file")
-    tensors = _load_bytes(path.read_bytes())
+    try:
+        tensors = _load_bytes(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError (and others)
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
     return {name: t.to(device) for name, t in tensors.items()}

@@ -62,6 +62,36 @@ def recommended_defaults() -> dict:
     )
 
 
+# The most parameters a model may have: 2^31 float32 parameters are 8 GiB (more, with the
+# optimizer's state). Sizes beyond are refused before anything is allocated.
+MAX_PARAMETERS = 2**31
+SIZE_OPTIONS = ("hidden_size", "state_size", "num_layers", "blocks", "embed_dim", "vocab_size", "output_dim",
+                "window_size")  # fmt: skip
+
+
+def check_sizes(options: dict) -> None:
+    """Raise TypeError/ValueError naming the option unless the S5Model sizes in `options` are
+    positive integers (embed_dim, vocab_size, output_dim, window_size may be None) whose model
+    holds at most MAX_PARAMETERS parameters (a lower bound is counted: per layer B~ and C~,
+    2·P·H, and the GLU's H·H; the encoder's and the head's weights)."""
+    for name in SIZE_OPTIONS:
+        value = options.get(name)
+        if value is None and name not in ("hidden_size", "state_size", "num_layers", "blocks"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    hidden, state = options["hidden_size"], options["state_size"]
+    inputs = options.get("vocab_size") or options.get("embed_dim") or 0
+    ends = (inputs + (options.get("output_dim") or 0)) * hidden  # the encoder's and the head's weights
+    count = options["num_layers"] * (2 * state * hidden + hidden * hidden) + ends
+    if count > MAX_PARAMETERS:
+        shown = ", ".join(f"{n}={options[n]}" for n in SIZE_OPTIONS[:7] if options.get(n) is not None)
+        raise ValueError(f"{shown}: the model would hold at least {count:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} (8 GiB of float32) s5ssm builds")  # fmt: skip
+
+
 class S5Model(StandardizedIO, nn.Module):
     """A stack of S5 blocks with an encoder, pooling and an optional head.
 
@@ -82,7 +112,8 @@ class S5Model(StandardizedIO, nn.Module):
         image_shape: (height, width) of those images, height·width = embed_dim; None
             reads square ones (sqrt(embed_dim) a side). Only with encoder="conv".
         output_dim: add a Linear(H, output_dim) head (logits or regression outputs).
-        pooling: "last" (last valid step), "mean" (over valid steps) or "none" (every step).
+        pooling: "last" (last valid step), "mean" (over valid steps) or "none" (every step);
+            with "last" and "mean" a sequence whose mask has no valid step pools to zeros.
         blocks, norm, prenorm, activation, bn_momentum: as in S5Block.
         conj_sym, clip_eigs, bidirectional, discretization, C_init, dt_min, dt_max,
         step_rescale, scan_backend: as in S5SSM.
@@ -126,15 +157,12 @@ class S5Model(StandardizedIO, nn.Module):
     ) -> None:
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        check_sizes(self.config)
         self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape)
         if image_shape is not None:  # a tuple, whether given as one or read back from config.json as a list
             self.config["image_shape"] = tuple(image_shape)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if window_size is not None and window_size < 1:
-            raise ValueError(f"window_size must be >= 1 or None, got {window_size}")
         self.embed_dim = embed_dim
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
@@ -178,6 +206,8 @@ class S5Model(StandardizedIO, nn.Module):
             expect_shape(name, x, lead + (self.embed_dim,), labels + "D")
             if finite:
                 expect_finite(name, x)
+        if not stepping and (x.shape[0] == 0 or x.shape[1] == 0):  # else the first layer would name its own input
+            raise ValueError(f"{name} must have at least one sequence of length >= 1, got {list(x.shape)}")
         if not stepping and self.window_size is not None and x.shape[1] > self.window_size:
             raise ValueError(f"x: sequence length {x.shape[1]} exceeds window_size={self.window_size}")
         if mask is not None:
@@ -197,7 +227,8 @@ class S5Model(StandardizedIO, nn.Module):
             return h[:, -1]
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask, positions, torch.zeros_like(positions)).amax(dim=1)
-        return h[torch.arange(h.shape[0], device=h.device), last]
+        # a row with no valid step pools to zeros (as "mean" does), not to a padded step's output
+        return h[torch.arange(h.shape[0], device=h.device), last] * mask.any(dim=1, keepdim=True).to(h.dtype)
 
     def forward(
         self,
@@ -348,7 +379,13 @@ class S5Model(StandardizedIO, nn.Module):
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise FileNotFoundError(f"{config_path}: no {CONFIG_NAME} (not a save_pretrained directory)")
-        model = cls(**json.loads(config_path.read_text()))
+        try:
+            config = json.loads(config_path.read_text())
+            if not isinstance(config, dict):
+                raise TypeError(f"expected an object of S5Model options, got {type(config).__name__}")
+            model = cls(**config)
+        except (TypeError, ValueError) as exc:  # a bad value names its option (sizes are checked before allocating)
+            raise (TypeError if isinstance(exc, TypeError) else ValueError)(f"{config_path}: {exc}") from None
         weights = load_safetensors(directory / WEIGHTS_NAME, device=map_location)
         # keep the saved precision (load_state_dict would cast into the default dtype)
         dtypes = {t.dtype for t in weights.values() if t.is_floating_point()}

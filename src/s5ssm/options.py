@@ -44,15 +44,3 @@ MODEL_DEFAULTS = {
 }
 ALL_DEFAULTS = {**TRAIN_DEFAULTS, **MODEL_DEFAULTS}
 
-
-def check_settings(cfg: dict) -> None:
-    """Raise ValueError("NAME ...") for a training setting out of its range."""
-    for name in ("epochs", "batch_size"):
-        if cfg[name] < 1:
-            raise ValueError(f"{name} must be >= 1, got {cfg[name]}")
-    if not 0.0 < cfg["val_fraction"] < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {cfg['val_fraction']}")
-    if cfg["patience"] < 0:
-        raise ValueError(f"patience must be >= 0, got {cfg['patience']}")
-    if cfg["model"] not in ("s5", "lstm", "gru"):
-        raise ValueError(f"model must be s5, lstm or gru, got {cfg['model']!r}")

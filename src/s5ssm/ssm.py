@@ -35,6 +35,9 @@ from .precision import autocast_enabled, autocast_input
 from .scan import cpu_layer, fused_irregular_scan, linear_scan, resolve_backend
 
 FLOATS = (torch.float32, torch.float64)
+# The largest step_rescale / float step_scale: step sizes Δ·scale beyond ~1e38 overflow float32 to
+# inf and the discretisation to NaN; 1e30 leaves room for the learned Δ and |Λ|.
+MAX_STEP_SCALE = 1e30
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -91,8 +94,11 @@ class S5SSM(nn.Module):
             raise ValueError(f"discretization must be one of {METHODS}, got {discretization!r}")
         if C_init not in init.C_INITS:
             raise ValueError(f"C_init must be one of {init.C_INITS}, got {C_init!r}")
-        if not step_rescale > 0:
-            raise ValueError(f"step_rescale must be > 0, got {step_rescale}")
+        if isinstance(step_rescale, bool) or not isinstance(step_rescale, (int, float)):
+            raise TypeError(f"step_rescale must be a float, got {type(step_rescale).__name__} {step_rescale!r}")
+        if not 0 < step_rescale <= MAX_STEP_SCALE:
+            raise ValueError(f"step_rescale must be > 0 and at most {MAX_STEP_SCALE:g} (the step sizes "
+                             f"must stay finite in float32), got {step_rescale}")  # fmt: skip
         self.hidden_size = hidden_size
         self.state_size = state_size
         self.blocks = blocks
@@ -227,8 +233,8 @@ class S5SSM(nn.Module):
         if not isinstance(step_scale, torch.Tensor):
             if isinstance(step_scale, bool) or not isinstance(step_scale, (int, float)):
                 raise TypeError(f"step_scale must be a float or a tensor, got {type(step_scale).__name__}")
-            if not step_scale > 0 or step_scale == float("inf"):
-                raise ValueError(f"step_scale must be positive and finite, got {step_scale}")
+            if not 0 < step_scale <= MAX_STEP_SCALE:
+                raise ValueError(f"step_scale must be positive and finite (at most {MAX_STEP_SCALE:g}), got {step_scale}")
             return float(step_scale)
         expect_dtype("step_scale", step_scale, FLOATS)
         expect_same_device("step_scale", step_scale, self.D)

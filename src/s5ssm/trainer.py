@@ -25,6 +25,7 @@ statistics to every process at each forward, and rank 0's are the ones checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -41,13 +42,12 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
-from . import checkpoint, distributed, precision
+from . import checkpoint, distributed, precision, rundir, settings
 from .baselines import RNNModel
-from .data import SequenceDataset, collate, get_task, load_file, seeded_split
+from .data import SequenceDataset, collate, get_task, labels, load_file, seeded_split
 from .io import atomic_write_text
 from .model import S5Model
-
-OPT_CONFIGS = ("standard", "BandCdecay", "BfastandCdecay", "noBCdecay")
+from .settings import OPT_CONFIGS
 
 
 # ---------------------------------------------------------------------------- data
@@ -77,8 +77,8 @@ def load_data(cfg: dict) -> Data:
         train, info = load_file(path)
         test_path = Path(cfg["test_data"]) if cfg.get("test_data") else _test_sibling(path)
         stratify = info["kind"] == "classification"
-        if test_path is not None:
-            test, _ = load_file(test_path)
+        if test_path is not None:  # renumbered into the training classes, its inputs checked
+            test = labels.conform(*load_file(test_path), info, str(test_path))
         else:
             test, train = seeded_split(train, 0.2, seed, stratify=stratify)
         data = holdout(train, info, cfg)
@@ -450,21 +450,26 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print, data:
     logs anything; the others return an empty dict. The process group is destroyed on the
     way out, also after an error.
     """
+    settings.validate(cfg)  # the command line validated them already; a library caller may not have
     ctx, device = distributed.setup(cfg["device"])
-    try:
-        return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device, data, extras)
+    try:  # the main process holds the run directory's lock (s5ssm.rundir) for the whole run
+        with rundir.locked(run_dir) if ctx.main else contextlib.nullcontext(), rundir.StopOnInterrupt(
+            not ctx.distributed
+        ) as stop:  # Ctrl-C: stop at the next step with a checkpoint (one process only)
+            return _train(cfg, Path(run_dir), resume, log if ctx.main else (lambda *_: None), ctx, device, stop,
+                          data, extras)  # fmt: skip
     finally:
         distributed.teardown(ctx)
 
 
 def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device,
-           data: Data | None, extras: bool) -> dict:  # fmt: skip
+           stop: rundir.StopOnInterrupt, data: Data | None, extras: bool) -> dict:  # fmt: skip
     ckpt_dir = run_dir / "checkpoints"
     if not resume:
         if (ckpt_dir / "last.json").exists():
             raise FileExistsError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --run_dir")
         if ctx.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            rundir.start_clean(run_dir, log)
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     torch.manual_seed(int(cfg["seed"]))
     data = data if data is not None and not resume else load_data(cfg)
@@ -487,14 +492,23 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
                 "best_loss": None, "best_epoch": None, "stopped_early": False, "seconds": 0.0}  # fmt: skip
     patience = int(cfg.get("patience") or 0)
     if resume:
+        if not (ckpt_dir / "last.json").exists():
+            raise FileNotFoundError(f"--resume {run_dir}: the run stopped before its first checkpoint, nothing to "
+                                    f"resume; train again with --run_dir {run_dir} to start it afresh")  # fmt: skip
         state = checkpoint.load(ckpt_dir, "last")
         if len(state["rng"]) != ctx.world:
             raise ValueError(f"--resume {run_dir}: the run was trained by {len(state['rng'])} process(es) "
                              f"(WORLD_SIZE); resume it with as many, not {ctx.world}")  # fmt: skip
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore(net, state["model"], ckpt_dir, "last")
+        checkpoint.restore(optimizer, state["optimizer"], ckpt_dir, "last", "state.json")
+        if (ckpt_dir / "best.json").exists():  # read at the end: check it now, not after the epochs
+            checkpoint.load_model(ckpt_dir, "best")
         torch.set_rng_state(state["rng"][ctx.rank])
         progress = state["progress"]
+        if progress["epoch"] > int(cfg["epochs"]):
+            raise ValueError(f"--epochs {cfg['epochs']}: {run_dir} has already trained {progress['epoch']} epochs")
+        if ctx.main:  # the settings a resume may change (s5ssm.settings.RESUMABLE), e.g. more epochs
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
     runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log, extras)
     if resume:
         runlog.truncate(progress)
@@ -545,9 +559,12 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             tick = now
             if step + 1 == kill_step:
                 os.kill(os.getpid(), 9)
-            if every and (step + 1) % every == 0 and index + 1 < steps_per_epoch:
+            mid_epoch = index + 1 < steps_per_epoch  # (the epoch's end saves anyway)
+            if mid_epoch and (stop.requested or (every and (step + 1) % every == 0)):
                 progress["seconds"] = time.perf_counter() - start_time
                 save(("last",))
+            if mid_epoch and stop.requested:
+                raise rundir.Interrupted(run_dir, progress["global_step"])
         bar.close()
         total_loss, total_metric, total_count = progress["sums"]  # over all processes
         _share_buffers(net, ctx)
@@ -568,9 +585,11 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - start_time)
         runlog.epoch(row, progress["global_step"])
         save(("last", "best") if improved else ("last",))
+        if stop.requested and epoch + 1 < int(cfg["epochs"]):
+            raise rundir.Interrupted(run_dir, progress["global_step"])
     runlog.close()
     distributed.barrier(ctx)  # the best checkpoint is on disk before anyone reads it
-    net.load_state_dict(checkpoint.load(ckpt_dir, "best")["model"])
+    checkpoint.restore(net, checkpoint.load_model(ckpt_dir, "best"), ckpt_dir, "best")
     results = {split: evaluate(net, ds, info, batch_size, device, ctx) for split, ds in data.splits.items()}
     if not ctx.main:
         return {}
@@ -591,14 +610,15 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     return summary
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[dict, torch.nn.Module, Data]:
-    """(config, model with the `which` checkpoint's weights, data) of a run directory."""
+def load_run(run_dir: str | Path, which: str = "best", defaults: dict | None = None) -> tuple[dict, torch.nn.Module, Data]:
+    """(config, model with the `which` checkpoint's weights, data) of a run directory.
+
+    config.yaml is validated (s5ssm.settings.read_run_config; `defaults`: the known
+    options and their types)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = yaml.safe_load(config_path.read_text())
+    cfg = settings.read_run_config(run_dir, defaults)
     data = load_data(cfg)
     model = build_model(cfg, data.info)
-    model.load_state_dict(checkpoint.load(run_dir / "checkpoints", which)["model"])
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint.restore(model, checkpoint.load_model(ckpt_dir, which), ckpt_dir, which)
     return cfg, model.eval(), data

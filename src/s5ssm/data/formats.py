@@ -46,7 +46,8 @@ Keys (no others are accepted):
                     (values past each length are ignored).
   Integer ``x`` means token ids (>= 0); float ``x`` means features.
 - ``lengths``: integer (N,), each >= 1; needed for the concatenated and padded layouts.
-- ``y``: integer (N,) class labels (0..K-1), string (N,) class names, float (N,) or
+- ``y``: integer (N,) class labels (the classes are the sorted values that occur, named
+  by their values, unless ``class_names`` names ids 0..K-1), string (N,) class names, float (N,) or
   (N, T) regression targets, or float (N, L_max, T) per-step regression targets.
 - ``t`` (optional): float time stamps in the layout of ``x`` without D: (N, L),
   (sum L_i,) or (N, L_max); strictly increasing within each sequence.
@@ -76,6 +77,9 @@ __all__ = ["DataFormatError", "load_file", "read_ts", "read_npz", "save_npz", "d
 
 NPZ_KEYS = ("x", "y", "lengths", "t", "class_names", "vocab_size")
 MISSING_POLICIES = ("interpolate", "error")
+# Token ids index an Embedding(vocab_size, H): 2^24 ids at H=128 are 8 GB of float32 already.
+MAX_VOCAB = 2**24
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip file's first member, or an empty zip
 
 
 class DataFormatError(ValueError):
@@ -453,10 +457,47 @@ def _check_increasing(path: Path, t_list: list[np.ndarray]) -> None:
             raise _npz_fail(path, "t", f"sequence {i}: time stamps not strictly increasing at step {k}")
 
 
+def _check_member_sizes(path: Path) -> None:
+    """Refuse an .npz whose arrays declare more data than the file can hold, before any is
+    allocated: each .npy header's shape and dtype must match its member's size, and the
+    member's size must fit the archive (a deflated member expands at most ~1032 times)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise _npz_fail(path, None, f"not a readable .npz archive ({exc})") from None
+    with archive:
+        for member in archive.infolist():
+            key = member.filename.removesuffix(".npy")
+            limit = member.compress_size * (1 if member.compress_type == zipfile.ZIP_STORED else 1032) + 1024
+            if member.compress_size > path.stat().st_size or member.file_size > limit:
+                raise _npz_fail(path, key, f"declares {member.file_size} bytes, more than the archive can hold")
+            try:
+                with archive.open(member) as stream:
+                    version = np.lib.format.read_magic(stream)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+                    if read_header is None:
+                        continue  # left to numpy, which names the version it does not read
+                    shape, _, dtype = read_header(stream)
+                    header_size = stream.tell()
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise _npz_fail(path, key, f"cannot be read, truncated or corrupt archive ({exc})") from None
+            declared = int(np.prod([int(n) for n in shape], dtype=object)) * dtype.itemsize
+            if not dtype.hasobject and declared > member.file_size - header_size:
+                raise _npz_fail(path, key, f"declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but "
+                                           f"holds {member.file_size - header_size:,} bytes: truncated or corrupt")  # fmt: skip
+
+
 def read_npz(path: str | os.PathLike, *, require_targets: bool = True) -> tuple[SequenceDataset, dict]:
     """Read an ``.npz`` archive (never unpickling) in one of the layouts of the module docstring
     (without ``y`` when require_targets is False: zeros stand in for the targets)."""
     path = Path(path)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic not in ZIP_MAGIC and not magic.startswith(b"\x93NUM"):  # (.npy: refused below, by name)
+        raise _npz_fail(path, None, f"not a readable .npz archive: an .npz is a zip file of .npy arrays, this file starts with {magic!r}")
+    if magic in ZIP_MAGIC:
+        _check_member_sizes(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -562,6 +603,9 @@ def _dataset_from_arrays(path: Path, arrays: dict) -> tuple[SequenceDataset, dic
         for i, seq in enumerate(inputs):
             if seq.size and seq.min() < 0:
                 raise _npz_fail(path, "x", f"sequence {i}: token ids must be >= 0, got {int(seq.min())}")
+            if seq.size and seq.max() >= MAX_VOCAB:
+                raise _npz_fail(path, "x", f"sequence {i}: token id {int(seq.max())} is beyond the largest "
+                                           f"vocabulary s5ssm builds ({MAX_VOCAB:,} ids)")  # fmt: skip
         inputs = [seq.astype(np.int64, copy=False) for seq in inputs]
     else:
         for i, seq in enumerate(inputs):
@@ -617,7 +661,11 @@ def _dataset_from_arrays(path: Path, arrays: dict) -> tuple[SequenceDataset, dic
         targets = y.astype(np.int64)
         if targets.min() < 0:
             raise _npz_fail(path, "y", f"sequence {int(np.argmin(targets))}: class label {int(targets.min())} < 0")
-        if class_names is not None and targets.max() >= len(class_names):
+        if class_names is None:  # the classes are the labels that occur, named by their values
+            values, inverse = np.unique(targets, return_inverse=True)
+            targets = inverse.reshape(-1).astype(np.int64)
+            class_names = [str(v) for v in values.tolist()]
+        elif targets.max() >= len(class_names):
             i = int(np.argmax(targets))
             raise _npz_fail(
                 path, "y", f"sequence {i}: class label {int(targets[i])} but only {len(class_names)} class_names"
