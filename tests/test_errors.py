@@ -418,3 +418,11 @@ def test_npz_token_ids_beyond_any_vocabulary_are_refused(tmp_path):
     np.savez(tmp_path / "tokens.npz", x=np.array([[1, 10**11]]), y=np.array([0]))
     with pytest.raises(DataFormatError, match=r"tokens\.npz\[x\]: sequence 0: token id 100000000000"):
         load_file(tmp_path / "tokens.npz")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rnn_baseline_sizes_checked_before_allocating(cell):
+    from s5ssm.baselines import RNNModel
+
+    check(ValueError, lambda: RNNModel(cell, embed_dim=3, hidden_size=10**6), "hidden_size=1000000", "parameters")
+    check(ValueError, lambda: RNNModel(cell, embed_dim=3, num_layers=0), "num_layers must be >= 1")

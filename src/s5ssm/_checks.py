@@ -72,3 +72,30 @@ def expect_bool_mask(name: str, tensor: object, batch: int, length: int) -> torc
     expect_dtype(name, tensor, torch.bool)
     expect_shape(name, tensor, (batch, length), "BL")
     return tensor
+
+
+# The most parameters a model may have: 2^31 float32 parameters are 8 GiB (more, with the
+# optimizer's state). Sizes beyond are refused before anything is allocated.
+MAX_PARAMETERS = 2**31
+
+
+def expect_sizes(options: dict, required: Sequence[str], optional: Sequence[str] = ()) -> None:
+    """Raise TypeError/ValueError naming the option unless each `required` option, and each
+    `optional` one that is not None, is an int >= 1."""
+    for name in (*required, *optional):
+        value = options.get(name)
+        if value is None and name in optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def expect_parameter_budget(count: int, sizes: dict) -> None:
+    """Raise ValueError, naming the `sizes` (option -> value; None ones left out), when a model
+    of at least `count` parameters would exceed MAX_PARAMETERS."""
+    if count > MAX_PARAMETERS:
+        shown = ", ".join(f"{name}={value}" for name, value in sizes.items() if value is not None)
+        raise ValueError(f"{shown}: the model would hold at least {count:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} (8 GiB of float32) s5ssm builds")  # fmt: skip

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import expect_bool_mask, expect_shape, expect_tensor
+from ._checks import expect_bool_mask, expect_parameter_budget, expect_shape, expect_sizes, expect_tensor
 from .data.scaling import StandardizedIO
 from .encoders import build_encoder
 
@@ -47,6 +47,12 @@ class RNNModel(StandardizedIO, nn.Module):
             raise ValueError(f"cell must be one of {sorted(RNNS)}, got {cell!r}")
         if pooling not in ("last", "mean", "none"):
             raise ValueError(f"pooling must be 'last', 'mean' or 'none', got {pooling!r}")
+        sizes = dict(hidden_size=hidden_size, num_layers=num_layers, embed_dim=embed_dim, vocab_size=vocab_size,
+                     output_dim=output_dim)  # fmt: skip
+        expect_sizes(sizes, ("hidden_size", "num_layers"), ("embed_dim", "vocab_size", "output_dim"))
+        # a lower bound: each layer's gates (4 for an LSTM, 3 for a GRU) read and write H, the encoder and head
+        ends = ((vocab_size or embed_dim or 0) + (output_dim or 0)) * hidden_size
+        expect_parameter_budget(num_layers * (3 if cell == "gru" else 4) * 2 * hidden_size**2 + ends, sizes)
         self.config = dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers,
                            dropout=dropout, vocab_size=vocab_size, encoder=encoder, image_shape=image_shape,
                            output_dim=output_dim, pooling=pooling, time_input=time_input,

@@ -18,7 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._checks import expect_bool_mask, expect_dtype, expect_finite, expect_same_device, expect_shape, expect_tensor
+from ._checks import (
+    expect_bool_mask,
+    expect_dtype,
+    expect_finite,
+    expect_parameter_budget,
+    expect_same_device,
+    expect_shape,
+    expect_sizes,
+    expect_tensor,
+)
 from .block import S5Block
 from .data.scaling import StandardizedIO
 from .encoders import build_encoder
@@ -62,9 +71,6 @@ def recommended_defaults() -> dict:
     )
 
 
-# The most parameters a model may have: 2^31 float32 parameters are 8 GiB (more, with the
-# optimizer's state). Sizes beyond are refused before anything is allocated.
-MAX_PARAMETERS = 2**31
 SIZE_OPTIONS = ("hidden_size", "state_size", "num_layers", "blocks", "embed_dim", "vocab_size", "output_dim",
                 "window_size")  # fmt: skip
 
@@ -74,22 +80,11 @@ def check_sizes(options: dict) -> None:
     positive integers (embed_dim, vocab_size, output_dim, window_size may be None) whose model
     holds at most MAX_PARAMETERS parameters (a lower bound is counted: per layer B~ and C~,
     2·P·H, and the GLU's H·H; the encoder's and the head's weights)."""
-    for name in SIZE_OPTIONS:
-        value = options.get(name)
-        if value is None and name not in ("hidden_size", "state_size", "num_layers", "blocks"):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    expect_sizes(options, SIZE_OPTIONS[:4], SIZE_OPTIONS[4:])
     hidden, state = options["hidden_size"], options["state_size"]
-    inputs = options.get("vocab_size") or options.get("embed_dim") or 0
-    ends = (inputs + (options.get("output_dim") or 0)) * hidden  # the encoder's and the head's weights
+    ends = ((options.get("vocab_size") or options.get("embed_dim") or 0) + (options.get("output_dim") or 0)) * hidden
     count = options["num_layers"] * (2 * state * hidden + hidden * hidden) + ends
-    if count > MAX_PARAMETERS:
-        shown = ", ".join(f"{n}={options[n]}" for n in SIZE_OPTIONS[:7] if options.get(n) is not None)
-        raise ValueError(f"{shown}: the model would hold at least {count:,} parameters, more than the "
-                         f"{MAX_PARAMETERS:,} (8 GiB of float32) s5ssm builds")  # fmt: skip
+    expect_parameter_budget(count, {n: options.get(n) for n in SIZE_OPTIONS[:7]})
 
 
 class S5Model(StandardizedIO, nn.Module):
