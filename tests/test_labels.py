@@ -127,3 +127,20 @@ def test_eval_and_predict_use_the_training_names(tmp_path, capsys):
     np.savez(tmp_path / "tokens.npz", x=np.ones((2, 4), np.int64))
     assert main(["predict", str(run), "--data", str(tmp_path / "tokens.npz"), "--out", str(out)]) == 2
     assert "tokens.npz" in capsys.readouterr().err
+
+
+def test_a_changed_training_file_cannot_rename_the_runs_classes(tmp_path, capsys):
+    """classes.json keeps the names the model was trained on: eval, predict and --resume
+    refuse a training file whose classes have changed since, naming classes.json."""
+    write_ts(tmp_path / "X_TRAIN.ts", ["a", "b"], cases(24))
+    write_ts(tmp_path / "X_TEST.ts", ["a", "b"], cases(6))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "X_TRAIN.ts"), *SMALL, "--run_dir", str(run)]) == 0
+    assert json.loads((run / "classes.json").read_text()) == ["a", "b"]
+    write_ts(tmp_path / "X_TRAIN.ts", ["b", "c"], cases(24, ("b", "c")))  # the file replaced after training
+    write_ts(tmp_path / "X_TEST.ts", ["b", "c"], cases(6, ("b", "c")))
+    capsys.readouterr()
+    for command in (["eval", str(run)], ["train", "--resume", str(run), "--epochs", "2"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "classes.json" in err and "['a', 'b']" in err and "['b', 'c']" in err, err

@@ -27,7 +27,8 @@ __all__ = ["RunDirBusy", "Interrupted", "locked", "start_clean", "StopOnInterrup
 
 LOCK_NAME = ".lock"
 # What a run writes besides config.yaml (see s5ssm.trainer): removed by start_clean.
-RUN_OUTPUTS = ("metrics_steps.csv", "metrics_epochs.csv", "summary.json", "curves.png", "tensorboard", "checkpoints")
+RUN_OUTPUTS = ("metrics_steps.csv", "metrics_epochs.csv", "summary.json", "curves.png", "tensorboard", "checkpoints",
+               "classes.json")  # fmt: skip
 METRICS = ("metrics_steps.csv", "metrics_epochs.csv")
 
 

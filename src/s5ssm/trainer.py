@@ -2,6 +2,7 @@
 
 A run directory holds
     config.yaml          the resolved configuration (every option, after defaults)
+    classes.json         classification: the class names, in the order of the model's outputs
     metrics_steps.csv    step, epoch, lr, loss
     metrics_epochs.csv   epoch, train/val loss and metric, seconds
     tensorboard/         the same as TensorBoard events (when tensorboard is installed)
@@ -48,6 +49,8 @@ from .data import SequenceDataset, collate, get_task, labels, load_file, seeded_
 from .io import atomic_write_text
 from .model import S5Model
 from .settings import OPT_CONFIGS
+
+CLASSES_NAME = "classes.json"  # the class names a classification run was trained on, in output order
 
 
 # ---------------------------------------------------------------------------- data
@@ -474,6 +477,11 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     torch.manual_seed(int(cfg["seed"]))
     data = data if data is not None and not resume else load_data(cfg)
     info = data.info
+    if ctx.main and info["kind"] == "classification":
+        if resume:
+            check_classes(run_dir, info)
+        else:
+            atomic_write_text(run_dir / CLASSES_NAME, json.dumps(labels.class_names(info)))
     train_set = data.splits["train"]
     distributed.check_world(ctx, len(train_set))
     net = build_model(cfg, info)
@@ -610,6 +618,23 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     return summary
 
 
+def check_classes(run_dir: Path, info: dict) -> None:
+    """Raise ValueError unless the classes of the data just read are those the run was
+    trained on (its classes.json), in the same order: a changed training file would
+    otherwise rename the model's outputs. Runs written before classes.json pass."""
+    path = Path(run_dir) / CLASSES_NAME
+    if not path.is_file():
+        return
+    try:
+        trained = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: damaged ({exc}); it lists the run's class names") from None
+    now = labels.class_names(info)
+    if trained != now:
+        raise ValueError(f"{path}: the run was trained on classes {trained}, but its training data now has "
+                         f"{now}; the data file changed since training")  # fmt: skip
+
+
 def load_run(run_dir: str | Path, which: str = "best", defaults: dict | None = None) -> tuple[dict, torch.nn.Module, Data]:
     """(config, model with the `which` checkpoint's weights, data) of a run directory.
 
@@ -618,6 +643,8 @@ def load_run(run_dir: str | Path, which: str = "best", defaults: dict | None = N
     run_dir = Path(run_dir)
     cfg = settings.read_run_config(run_dir, defaults)
     data = load_data(cfg)
+    if data.info["kind"] == "classification":
+        check_classes(run_dir, data.info)
     model = build_model(cfg, data.info)
     ckpt_dir = run_dir / "checkpoints"
     checkpoint.restore(model, checkpoint.load_model(ckpt_dir, which), ckpt_dir, which)
