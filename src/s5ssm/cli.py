@@ -98,10 +98,15 @@ def _validate(values: dict, name) -> None:
         raise SystemExit(f"error: {exc}") from None
 
 
+def _options_set(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(the --config file's options, the command line's): what the user set."""
+    from_file = read_config_file(args.config) if args.config else {}
+    return from_file, {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
+
+
 def given_options(args: argparse.Namespace) -> dict:
     """The options the user set: the --config file's, then the command line's."""
-    given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
-    from_file = read_config_file(args.config) if args.config else {}
+    from_file, given = _options_set(args)
     return {**from_file, **given}
 
 
@@ -110,8 +115,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     (For --data files, `fitted_defaults.apply` then fills what the user left unset.)"""
     from .data import get_task
 
-    given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
-    from_file = read_config_file(args.config) if args.config else {}
+    from_file, given = _options_set(args)
     source = {**from_file, **given}
     _validate(given, lambda key: f"--{key}")  # before the task reads its options
     if source.get("task") and source.get("data"):
@@ -150,9 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if args.run_dir and Path(args.run_dir) != run_dir:
             raise ValueError(f"--resume {run_dir} continues that directory; --run_dir {args.run_dir} names another")
-        given = {k: v for k, v in vars(args).items() if k in ALL_DEFAULTS and v is not None}
-        given = {**(read_config_file(args.config) if args.config else {}), **given}
-        cfg = settings.resume_config(settings.read_run_config(run_dir, ALL_DEFAULTS), given, run_dir)
+        cfg = settings.resume_config(settings.read_run_config(run_dir, ALL_DEFAULTS), given_options(args), run_dir)
         summary = trainer.train(cfg, run_dir, resume=True)
     else:
         cfg = resolve_config(args)
