@@ -193,3 +193,18 @@ def test_sequences_split_into_blocks_of_states(dtype, reverse, lam_shape, stores
     monkeypatch.setattr(cpu, "_splits", lambda batch, size: 3)
     batch, length, size = 1, 150, 40
     _kernels_match_reference(random_inputs(lam_shape, batch, length, size, dtype=dtype, seed=5), reverse)
+
+
+def test_compiled_scans_keep_torchs_thread_count():
+    """numba's OpenMP pool must not change torch's thread count (OMP_NUM_THREADS=1 stays 1)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import torch\nfrom s5ssm.model import S5Model\n"
+              "m = S5Model(1, 8, 4, 1, norm='batch').train()\n"
+              "m(torch.randn(2, 40, 1), mask=torch.rand(2, 40) > 0.3).sum().backward()\n"
+              "print(torch.get_num_threads())\n")  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"

@@ -56,6 +56,21 @@ from numba import prange
 from .._checks import is_compiling
 from .nontemporal import drain, lambda_pairs, store_row, stream_step, streams
 
+
+def _start_numba_threads() -> None:
+    """Start numba's thread pool now and keep torch's thread count as it was.
+
+    Under numba's OpenMP threading layer, starting the pool sets OpenMP's thread count,
+    which torch reads too: OMP_NUM_THREADS=1 or torch.set_num_threads(1) would silently
+    become every core at the first compiled scan (and torch's reductions, whose rounding
+    follows the thread count, would differ between a run and its resumed copy)."""
+    torch_threads = torch.get_num_threads()
+    numba.get_num_threads()  # starts the pool
+    torch.set_num_threads(torch_threads)
+
+
+_start_numba_threads()
+
 _BLOCK = 128  # time steps per block of a backwards walk (module docstring)
 _NUMPY = {torch.complex64: np.complex64, torch.complex128: np.complex128}
 
