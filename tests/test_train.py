@@ -68,7 +68,7 @@ def test_train_eval_predict_and_run_directory(tmp_path):
 
 def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    args = [*TINY, "--epochs", "3", "--checkpoint_every", "2", "--dropout", "0.2"]
+    args = [*TINY, "--epochs", "3", "--checkpoint_every", "2", "--dropout", "0.2", "--augment"]  # draws from the RNG
     run_cli(["train", *args, "--run_dir", str(whole)])
     # steps per epoch = ceil(60/16) = 4: step 7 is mid-epoch 1, after the step-6 checkpoint
     died = run_cli(["train", *args, "--run_dir", str(killed)], env={"S5SSM_KILL_AT_STEP": "7"}, check=False)

@@ -40,7 +40,7 @@ CONFIG_NAME = "estimator.json"
 WEIGHTS_NAME = "model.safetensors"
 # the parameters every estimator takes; None leaves the choice to fitted_defaults / the trainer
 TUNABLE = ("epochs", "batch_size", "hidden_size", "state_size", "num_layers", "dropout", "bidirectional", "pooling",
-           "ssm_lr", "weight_decay", "patience", "val_fraction", "standardize")  # fmt: skip
+           "ssm_lr", "weight_decay", "patience", "val_fraction", "standardize", "augment")  # fmt: skip
 
 
 def as_sequences(X, name: str = "X") -> list[np.ndarray]:
@@ -83,8 +83,8 @@ class _S5Estimator(BaseEstimator):
 
     def __init__(self, *, epochs=None, batch_size=None, hidden_size=None, state_size=None, num_layers=None,
                  dropout=None, bidirectional=None, pooling=None, ssm_lr=None, weight_decay=None, patience=None,
-                 val_fraction=None, standardize=None, options=None, random_state=0, device="cpu", run_dir=None,
-                 verbose=False):  # fmt: skip
+                 val_fraction=None, standardize=None, augment=None, options=None, random_state=0, device="cpu",
+                 run_dir=None, verbose=False):  # fmt: skip
         self.epochs = epochs
         self.batch_size = batch_size
         self.hidden_size = hidden_size
@@ -98,6 +98,7 @@ class _S5Estimator(BaseEstimator):
         self.patience = patience
         self.val_fraction = val_fraction
         self.standardize = standardize
+        self.augment = augment
         self.options = options
         self.random_state = random_state
         self.device = device

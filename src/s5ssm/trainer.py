@@ -44,6 +44,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed, precision, rundir, settings
+from .augment import augment, check_data
 from .baselines import RNNModel
 from .data import SequenceDataset, collate, get_task, labels, load_file, seeded_split
 from .io import atomic_write_text
@@ -210,17 +211,23 @@ def batch_loss(model, batch: dict, info: dict, device, scale: torch.Tensor | Non
     Regression: metric = squared error in the data's units, count = target elements (valid
     steps only); the loss is the squared error in units of `scale` (T,) (the targets' std
     when they are standardised), so its size does not depend on the targets' units.
+    A mixed batch (s5ssm.augment.mixup, key "mix") is scored against its mixed labels.
     """
     x, mask, y = batch["x"].to(device), batch["mask"].to(device), batch["y"].to(device)
     kwargs = {"mask": mask}
     if "step_scale" in batch:
         kwargs["step_scale"] = batch["step_scale"].to(device)
     out = model(x, **kwargs)
+    partner, lam = batch.get("mix", (None, 1.0))  # s5ssm.augment.mixup: the second labels and their weight
     if info["kind"] == "classification":
         loss_sum = F.cross_entropy(out, y, reduction="sum")
+        if partner is not None:
+            loss_sum = lam * loss_sum + (1 - lam) * F.cross_entropy(out, partner.to(device), reduction="sum")
         count = y.shape[0]
         metric = float((out.argmax(-1) == y).sum())
     else:
+        if partner is not None:
+            y = lam * y + (1 - lam) * partner.to(device)
         err = (out - y.to(out.dtype)) ** 2
         if info.get("per_step"):
             err = err * mask[..., None]
@@ -484,6 +491,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             atomic_write_text(run_dir / CLASSES_NAME, json.dumps(labels.class_names(info)))
     train_set = data.splits["train"]
     distributed.check_world(ctx, len(train_set))
+    if cfg.get("augment"):
+        check_data(info, train_set.timestamps is not None)
     net = build_model(cfg, info)
     fit_scaling(net, train_set)
     net = net.to(device)
@@ -553,6 +562,8 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
             step = progress["global_step"]
             for group in optimizer.param_groups:
                 group["lr"] = lr_factor_at(step, warmup_steps, total_steps, group["base_lr"], cfg["lr_min"])
+            if cfg.get("augment"):
+                batch = augment(batch)
             loss, logged, sums = _step_loss(*batch_loss(model, batch, info, device, scale), ctx, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
