@@ -1,4 +1,14 @@
-"""The image encoder of S5Model (encoder="conv"): each step's features read as one image.
+"""The input encoders of S5Model beyond Linear and Embedding (s5ssm.encoders.build_encoder).
+
+encoder="window": each output step reads a centred window of `width` input steps,
+
+    x (B, L, D) -> zero the masked steps -> Conv1d(D, H, width, zero padding width // 2)
+      over time -> (B, L, H)
+
+so the first S5 layer sees local shapes (slopes, peaks) that a Linear of one step cannot
+show it. It reads width // 2 steps ahead: such a model runs on whole sequences only.
+
+encoder="conv": each step's features read as one image.
 
 Every step's embed_dim = h·w features are a grayscale image of image_shape (h, w),
 row-major, encoded on its own (so `S5Model.step` stays equal to `forward`):
@@ -24,7 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ENCODERS = ("linear", "conv")
+ENCODERS = ("linear", "conv", "window")
 CHANNELS = 12  # both convolutions (CRU)
 FEATURES = 30  # the hidden Linear layer (CRU)
 CHUNK = 256  # frames per pass through the CNN (see ConvEncoder.forward)
@@ -62,11 +72,13 @@ def conv_image_shape(embed_dim: int, image_shape: Sequence[int] | None) -> tuple
 
 
 def build_encoder(
-    kind: str, hidden_size: int, embed_dim: int | None, vocab_size: int | None, image_shape: Sequence[int] | None
+    kind: str, hidden_size: int, embed_dim: int | None, vocab_size: int | None, image_shape: Sequence[int] | None,
+    width: int = 9,
 ) -> nn.Module:
     """The input encoder of S5Model and the RNN baselines, (B, L, embed_dim) or (B, L)
     tokens -> (B, L, hidden_size): Embedding(vocab_size) for tokens, else Linear(embed_dim)
-    ("linear") or ConvEncoder ("conv"). Exactly one of embed_dim and vocab_size."""
+    ("linear"), ConvEncoder ("conv") or WindowEncoder ("window", `width` steps). Exactly
+    one of embed_dim and vocab_size."""
     if (embed_dim is None) == (vocab_size is None):
         raise ValueError(
             f"give exactly one of embed_dim (float inputs) and vocab_size (token inputs), "
@@ -74,8 +86,8 @@ def build_encoder(
         )
     if kind not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
-    if kind == "conv" and vocab_size is not None:
-        raise ValueError("encoder='conv' reads float images (embed_dim), not tokens (vocab_size)")
+    if kind in ("conv", "window") and vocab_size is not None:
+        raise ValueError(f"encoder={kind!r} reads float inputs (embed_dim), not tokens (vocab_size)")
     if image_shape is not None and kind != "conv":
         raise ValueError(f"image_shape is only used with encoder='conv', got image_shape={image_shape!r} "
                          f"with encoder={kind!r}")  # fmt: skip
@@ -83,7 +95,33 @@ def build_encoder(
         return nn.Embedding(vocab_size, hidden_size)
     if kind == "conv":
         return ConvEncoder(conv_image_shape(embed_dim, image_shape), hidden_size)
+    if kind == "window":
+        return WindowEncoder(embed_dim, hidden_size, width)
     return nn.Linear(embed_dim, hidden_size)
+
+
+class WindowEncoder(nn.Module):
+    """Each step encoded from a centred window of `width` steps (module docstring).
+
+    Args:
+        embed_dim: D, the input features per step.
+        hidden_size: H, the output width.
+        width: steps each output reads, odd: width // 2 before the step, the step, and
+            width // 2 after it (zeros beyond the sequence's ends and at masked steps).
+    """
+
+    def __init__(self, embed_dim: int, hidden_size: int, width: int) -> None:
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
+            raise ValueError(f"encoder_width must be a positive odd int (a centred window), got {width!r}")
+        self.width = width
+        self.conv = nn.Conv1d(embed_dim, hidden_size, kernel_size=width, padding=width // 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D), mask bool (B, L) or None -> (B, L, H); masked steps read as zeros."""
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        return self.conv(x.transpose(1, 2)).transpose(1, 2)
 
 
 class ConvEncoder(nn.Module):

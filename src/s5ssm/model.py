@@ -1,7 +1,7 @@
 """S5Model: encoder, a stack of S5Blocks, pooling and an optional head.
 
     x (B, L, embed_dim) float, or (B, L) int64 tokens with vocab_size
-      -> encoder (Linear, Embedding, or a CNN)     (B, L, H)
+      -> encoder (Linear, Embedding, a CNN, or a window of steps)  (B, L, H)
       -> num_layers × S5Block                      (B, L, H)
       -> pooling: "last" | "mean" (mask-aware) | "none"
       -> head Linear(H, output_dim) if output_dim  (B, output_size) or (B, L, output_size)
@@ -30,7 +30,7 @@ from ._checks import (
 )
 from .block import S5Block
 from .data.scaling import StandardizedIO
-from .encoders import build_encoder
+from .encoders import WindowEncoder, build_encoder
 from .io import atomic_write_text, load_safetensors, save_safetensors
 from .streaming import CompiledStep, StreamCache, compiled_step_for
 
@@ -101,9 +101,12 @@ class S5Model(StandardizedIO, nn.Module):
             needs no window at all.
         vocab_size: use an Embedding(vocab_size, H) encoder for int64 token inputs (B, L)
             instead of a Linear encoder (then leave embed_dim None).
-        encoder: "linear" (Linear(embed_dim, H), or the Embedding for tokens) or "conv":
+        encoder: "linear" (Linear(embed_dim, H), or the Embedding for tokens), "conv":
             each step's embed_dim features are a grayscale image, row-major, read by CRU's
-            small CNN (s5ssm.encoders.ConvEncoder), one frame at a time.
+            small CNN (s5ssm.encoders.ConvEncoder), one frame at a time, or "window":
+            each step encoded from a centred window of encoder_width steps
+            (s5ssm.encoders.WindowEncoder; whole sequences only, no `step`).
+        encoder_width: the window's steps (odd) with encoder="window"; unused otherwise.
         image_shape: (height, width) of those images, height·width = embed_dim; None
             reads square ones (sqrt(embed_dim) a side). Only with encoder="conv".
         output_dim: add a Linear(H, output_dim) head (logits or regression outputs).
@@ -130,6 +133,7 @@ class S5Model(StandardizedIO, nn.Module):
         *,
         vocab_size: int | None = None,
         encoder: str = "linear",
+        encoder_width: int = 9,
         image_shape: tuple[int, int] | None = None,
         output_dim: int | None = None,
         pooling: str = "last",
@@ -153,7 +157,7 @@ class S5Model(StandardizedIO, nn.Module):
         super().__init__()
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_sizes(self.config)
-        self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape)
+        self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape, encoder_width)
         if image_shape is not None:  # a tuple, whether given as one or read back from config.json as a list
             self.config["image_shape"] = tuple(image_shape)
         if pooling not in POOLINGS:
@@ -245,17 +249,25 @@ class S5Model(StandardizedIO, nn.Module):
             (B, output_size) with pooling "last"/"mean", (B, L, output_size) with "none".
         """
         x = self._check_inputs(x, mask)
-        h = self.encoder(self._scale_in(x))
+        x = self._scale_in(x)
+        h = self.encoder(x, mask) if isinstance(self.encoder, WindowEncoder) else self.encoder(x)
         for layer in self.layers:
             h = layer(h, mask=mask, step_scale=step_scale, resets=resets)
         h = self._pool(h, mask)
         return self._scale_out(self.head(h)) if self.head is not None else h
 
     # ------------------------------------------------------------------ streaming
+    def _check_streamable(self, where: str) -> None:
+        """Raise ValueError unless every output step depends on past and present inputs only."""
+        if self.bidirectional:
+            raise ValueError(f"{where}: a bidirectional model cannot run step by step")
+        if isinstance(self.encoder, WindowEncoder):
+            raise ValueError(f"{where}: encoder='window' reads {self.encoder.width // 2} steps ahead; a model with it "
+                             f"cannot run step by step")  # fmt: skip
+
     def init_cache(self, batch_size: int) -> "StreamCache":
         """The streaming state before the first step: per-layer S5 states and pooling sums."""
-        if self.bidirectional:
-            raise ValueError("init_cache: a bidirectional model cannot run step by step")
+        self._check_streamable("init_cache")
         first = self.layers[0].ssm
         states = [layer.ssm.init_state(batch_size) for layer in self.layers]
         stacked = torch.stack(states) if len({s.shape for s in states}) == 1 else None
@@ -284,8 +296,7 @@ class S5Model(StandardizedIO, nn.Module):
         float32/float64, scan backend "auto" or "cpu") the frame runs as one compiled call
         (s5ssm.streaming); otherwise, and as the reference, in torch ops.
         """
-        if self.bidirectional:
-            raise ValueError("step: a bidirectional model cannot run step by step")
+        self._check_streamable("step")
         compiled = self._compiled_step(x_t)
         if compiled is not None:
             return self._step_compiled(compiled, x_t, cache, step_scale)

@@ -36,7 +36,9 @@ TRAIN_HELP = {
     "patience": "stop when the validation metric has not improved for this many epochs (0: never)",
     "augment": "vary training batches of whole-sequence labels: random crops, channel scaling, mixup",
     "val_fraction": "share of a --data file's training sequences held out for validation (stratified by class)",
-    "encoder": "linear, or conv: a small CNN reads each step's features as a grayscale image",
+    "encoder": "linear; conv: a small CNN reads each step's features as a grayscale image; window: each step "
+               "is encoded from a centred window of --encoder_width steps (whole sequences only)",
+    "encoder_width": "steps of the window (odd) that --encoder window reads",
     "image_shape": "HEIGHTxWIDTH of the images for --encoder conv (e.g. 24x24; unset: square)",
 }
 MODEL_DEFAULTS = {

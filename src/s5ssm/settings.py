@@ -90,6 +90,11 @@ def _image_shape(value) -> str | None:
     return None
 
 
+def _odd_width(value) -> str | None:
+    problem = _finite(1, integer=True)(value)
+    return problem or (None if value % 2 else f"must be odd (a window centred on its step), got {value}")
+
+
 def _mapping(value) -> str | None:
     return None if isinstance(value, Mapping) else f"must be a mapping of task option names to values, got {value!r}"
 
@@ -119,6 +124,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "dt_max": _finite(0, strict=True),
     "step_rescale": _finite(0, strict=True, high=MAX_STEP_SCALE),
     "image_shape": _image_shape,
+    "encoder_width": _odd_width,
     "patience": _finite(0, integer=True),
     "val_fraction": _finite(0, strict=True, high=1, open_high=True),
 }

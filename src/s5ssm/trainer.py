@@ -122,9 +122,9 @@ def build_model(cfg: dict, info: dict) -> torch.nn.Module:
 
 
 S5_OPTIONS = (
-    "hidden_size", "state_size", "num_layers", "dropout", "pooling", "encoder", "image_shape", "blocks", "norm",
-    "prenorm", "activation", "bn_momentum", "conj_sym", "clip_eigs", "bidirectional", "discretization", "C_init",
-    "dt_min", "dt_max", "step_rescale", "scan_backend",
+    "hidden_size", "state_size", "num_layers", "dropout", "pooling", "encoder", "encoder_width", "image_shape",
+    "blocks", "norm", "prenorm", "activation", "bn_momentum", "conj_sym", "clip_eigs", "bidirectional",
+    "discretization", "C_init", "dt_min", "dt_max", "step_rescale", "scan_backend",
 )  # fmt: skip
 
 
