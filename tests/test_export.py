@@ -161,7 +161,7 @@ def check_metadata(path: Path, model: s5ssm.S5Model) -> None:
     assert layout["inputs"] == ["x", "state_in_0", "state_in_1", "pool_sum_in", "pool_count_in"]
     assert layout["outputs"] == ["y", "state_out_0", "state_out_1", "pool_sum_out", "pool_count_out"]
     assert layout["states"]["shapes"]["state_in_0"] == [-1, model.layers[0].ssm.num_states, 2]
-    assert meta["s5ssm.zero_state"] == "zeros" and meta["s5ssm.what"] == "step"
+    assert meta["s5ssm.zero_state"].startswith("zeros") and meta["s5ssm.what"] == "step"
     assert json.loads(meta["s5ssm.config"])["hidden_size"] == TINY["hidden_size"]
     session = ort.InferenceSession(str(path))
     assert [i.name for i in session.get_inputs()] == layout["inputs"]

@@ -233,6 +233,15 @@ def _input_example(model: S5Model, lead: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(*lead, model.embed_dim)
 
 
+def carried(model: S5Model) -> list[tuple[str, str, tuple[int, ...]]]:
+    """The step graph's carried tensors in input order: (input name, output name, shape
+    without the batch dim); all float32, all zero before the first frame."""
+    states = [(f"state_in_{i}", f"state_out_{i}", (block.ssm.num_states, 2)) for i, block in enumerate(model.layers)]
+    if model.pooling == "mean":  # the running sum and count of the last block's outputs
+        states += [("pool_sum_in", "pool_sum_out", (model.hidden_size,)), ("pool_count_in", "pool_count_out", (1,))]
+    return states
+
+
 def _signature(model: S5Model, what: str) -> tuple[tuple, dict, list[str], list[str]]:
     """(example args, dynamic shapes, input names, output names) of the graph."""
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
@@ -240,23 +249,14 @@ def _signature(model: S5Model, what: str) -> tuple[tuple, dict, list[str], list[
         x = _input_example(model, (_EXAMPLE_BATCH, _EXAMPLE_LENGTH))
         mask = torch.ones(_EXAMPLE_BATCH, _EXAMPLE_LENGTH, dtype=torch.bool)
         return (x, mask), {"x": {0: batch, 1: length}, "mask": {0: batch, 1: length}}, ["x", "mask"], ["y"]
-    layers = len(model.layers)
-    carried = [torch.zeros(_EXAMPLE_BATCH, block.ssm.num_states, 2) for block in model.layers]
-    names = [f"state_{{}}_{i}" for i in range(layers)]
-    if model.pooling == "mean":
-        carried += [torch.zeros(_EXAMPLE_BATCH, model.hidden_size), torch.zeros(_EXAMPLE_BATCH, 1)]
-        names += ["pool_sum_{}", "pool_count_{}"]
-    args = (_input_example(model, (_EXAMPLE_BATCH,)), *carried)
-    dynamic = ({0: batch}, *({0: batch} for _ in carried))
-    return args, {"x": dynamic[0], "carried": dynamic[1:]}, ["x"] + [n.format("in") for n in names], \
-        ["y"] + [n.format("out") for n in names]  # fmt: skip
+    states = carried(model)
+    args = (_input_example(model, (_EXAMPLE_BATCH,)), *(torch.zeros(_EXAMPLE_BATCH, *shape) for *_, shape in states))
+    dynamic = {"x": {0: batch}, "carried": tuple({0: batch} for _ in states)}
+    return args, dynamic, ["x"] + [name for name, _, _ in states], ["y"] + [name for _, name, _ in states]
 
 
 def metadata(model: S5Model, what: str, inputs: list[str], outputs: list[str], quantize: str | None) -> dict[str, str]:
     """What a caller needs to wire the graph up, as string key/values (ONNX metadata_props)."""
-    states = {name: [-1, model.layers[0].ssm.num_states, 2] for name in inputs if name.startswith("state_in_")}
-    if model.pooling == "mean" and what == "step":
-        states.update(pool_sum_in=[-1, model.hidden_size], pool_count_in=[-1, 1])
     x_shape = ["B"] + (["L"] if what == "sequence" else []) + ([] if model.vocab_size else [model.embed_dim])
     layout = {
         "inputs": inputs,
@@ -265,19 +265,22 @@ def metadata(model: S5Model, what: str, inputs: list[str], outputs: list[str], q
     }
     if what == "sequence":
         layout["mask"] = "bool [B, L], True at valid steps"
+        scan = "a sequential ONNX Scan over the length: exact to float32 rounding at any length"
     else:
         layout["states"] = {
-            "shapes": states,
+            "shapes": {name: [-1, *shape] for name, _, shape in carried(model)},
             "layout": "state_in_i / state_out_i: layer i's complex state as float32 [B, P, 2] (real, imag); "
-            "pass state_out_i of one frame as state_in_i of the next",
+            "pass every *_out of one frame as the *_in of the next",
         }
+        scan = "none (one frame)"
     return {
         "s5ssm.what": what,
         "s5ssm.layout": json.dumps(layout),
-        "s5ssm.zero_state": "zeros" if what == "step" else "none (the graph starts from zero states)",
+        "s5ssm.zero_state": "zeros: every input but x is all zeros before the first frame" if what == "step"
+        else "none (the graph starts every sequence from zero states)",
         "s5ssm.quantize": str(quantize),
         "s5ssm.config": json.dumps(model.config, default=list),
-        "s5ssm.scan": "sequential ONNX Scan over the length, exact to float32 rounding",
+        "s5ssm.scan": scan,
     }
 
 
