@@ -203,6 +203,30 @@ def test_what_cannot_be_exported_is_refused_naming_it(tmp_path):
     assert not out.exists()
 
 
+def test_a_run_with_timestamps_is_refused(tmp_path, monkeypatch):
+    """Irregular sampling feeds step_scale per step, an input the graphs do not take."""
+    import s5ssm.trainer
+    from s5ssm.trainer import Data
+
+    (tmp_path / "config.yaml").write_text("task: pendulum\n")
+    loaded = ({}, tiny_model(embed_dim=3), Data(splits={}, info={"timestamps": True}))
+    monkeypatch.setattr(s5ssm.trainer, "load_run", lambda *args, **kwargs: loaded)
+    with pytest.raises(ValueError, match="irregular timestamps"):
+        s5ssm.export(tmp_path, out=tmp_path / "m.onnx")
+
+
+def test_missing_deploy_packages_are_named(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(ImportError, match=r"format='onnx' needs onnxscript: pip install 's5ssm\[deploy\]'"):
+        s5ssm.export(tiny_model(embed_dim=3), out=tmp_path / "m.onnx")
+    tiny_model(embed_dim=3).save_pretrained(tmp_path / "model")
+    assert main(["export", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--format onnx: format='onnx' needs onnxscript" in capsys.readouterr().err
+
+
 def test_the_callers_model_is_left_as_it_was(tmp_path):
     model = tiny_model(embed_dim=3).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}

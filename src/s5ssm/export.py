@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import logging
@@ -331,6 +332,8 @@ def export(
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     if quantize is not None and format != "onnx":
         raise ValueError(f"quantize={quantize!r}: only ONNX graphs are quantised (format='onnx'), got format={format!r}")
+    if format == "onnx":
+        _expect_installed(("onnx", "onnxscript") + (("onnxruntime",) if quantize else ()), f"format={format!r}")
     model = model_or_dir if isinstance(model_or_dir, nn.Module) else load_exportable(model_or_dir)
     check_exportable(model, what)
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
@@ -353,6 +356,13 @@ def export(
         entry.key, entry.value = key, value
     atomic_write_bytes(out, proto.SerializeToString())
     return out
+
+
+def _expect_installed(packages: tuple[str, ...], what: str) -> None:
+    """ImportError naming the missing packages `what` needs (the deploy extra)."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"{what} needs {', '.join(missing)}: pip install 's5ssm[deploy]'", name=missing[0])
 
 
 @contextlib.contextmanager
