@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -140,9 +141,21 @@ def test_onnx_step_and_sequence_equal_the_eager_model(tmp_path, options):
     check_sequence(model, onnx_sequence(sequence))
 
 
+def no_pickle_in(path: Path) -> None:
+    """A .pt2 archive with nothing torch.export.load would unpickle: the example inputs (a
+    torch.save file, models/*.pt) empty, and no weight or constant stored as a pickle."""
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(".pt"):
+                assert archive.read(name) == b"", f"{name} holds a pickle"
+            if name.endswith("_config.json"):
+                assert '"use_pickle": true' not in archive.read(name).decode(), f"{name} lists a pickle"
+
+
 def test_torch_export_programs_equal_the_eager_model(tmp_path):
     model = tiny_model(**TOKENS)
     check_step(model, *pt2_step(s5ssm.export(model, format="pt2", what="step", out=tmp_path / "step.pt2")))
+    no_pickle_in(tmp_path / "step.pt2")
     check_sequence(model, pt2_sequence(s5ssm.export(model, format="pt2", what="sequence", out=tmp_path / "seq.pt2")))
 
 

@@ -26,7 +26,8 @@ the norms, projections and GLU run on the whole (B, L, ·) sequence.
 
 The layout, the zero-state initialiser and the model's options are written into the file:
 ONNX ``metadata_props`` (keys ``s5ssm.*``), and ``s5ssm.json`` in the .pt2 archive's
-extra files. What the graphs cannot express is refused with a ValueError naming it:
+extra files. The .pt2 archive holds no pickle (JSON graph, raw weight bytes, no example
+inputs), so `torch.export.load` unpickles nothing. What the graphs cannot express is refused with a ValueError naming it:
 `step` of a bidirectional model, a per-step step_scale input (irregular sampling), an
 RNN baseline, a model that is not float32.
 """
@@ -344,6 +345,9 @@ def export(
     with torch.no_grad(), _quiet():
         program = torch.export.export(graph, args, dynamic_shapes=dynamic)
         if format == "pt2":
+            # no pickle in the archive: the graph is JSON, the weights raw bytes, and the example
+            # inputs (which torch.export.save would write with torch.save) are left out
+            program.example_inputs = None
             buffer = io.BytesIO()
             torch.export.save(program, buffer, extra_files={METADATA_FILE: json.dumps(info)})
             atomic_write_bytes(out, buffer.getvalue())
