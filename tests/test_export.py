@@ -186,7 +186,8 @@ def test_int8_quantisation_stays_close_to_float32(tmp_path):
     path = s5ssm.export(model, what="step", out=tmp_path / "q.onnx", quantize="int8")
     assert read_metadata(path)["s5ssm.quantize"] == "int8"
     graph = __import__("onnx").load(path).graph
-    assert any(node.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul") for node in graph.node)
+    quantized = ("DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul")
+    assert any(node.op_type in quantized for node in graph.node)
     frame, zeros = onnx_step(path)
     feeds, cache = zeros(2), model.init_cache(2)
     for _ in range(20):

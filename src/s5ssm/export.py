@@ -27,9 +27,11 @@ the norms, projections and GLU run on the whole (B, L, ·) sequence.
 The layout, the zero-state initialiser and the model's options are written into the file:
 ONNX ``metadata_props`` (keys ``s5ssm.*``), and ``s5ssm.json`` in the .pt2 archive's
 extra files. The .pt2 archive holds no pickle (JSON graph, raw weight bytes, no example
-inputs), so `torch.export.load` unpickles nothing. What the graphs cannot express is refused with a ValueError naming it:
-`step` of a bidirectional model, a per-step step_scale input (irregular sampling), an
-RNN baseline, a model that is not float32.
+inputs), so `torch.export.load` unpickles nothing.
+
+What the graphs cannot express is refused with a ValueError naming it: `step` of a
+bidirectional model, a per-step step_scale input (irregular sampling), an RNN baseline,
+a model that is not float32.
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._higher_order_ops.scan import scan
 
 from .block import LayerNorm, RMSNorm, S5Block, SequenceBatchNorm
 from .encoders import ConvEncoder
@@ -110,6 +111,8 @@ def masked_scan(lambda_bar: torch.Tensor, bu: torch.Tensor, valid: torch.Tensor,
     Returns:
         (B, L, P, 2), the state after every step.
     """
+    from torch._higher_order_ops.scan import scan  # a prototype of recent torch: imported on use only
+
     steps = bu.transpose(0, 1)  # (L, B, P, 2): scan runs over the leading dim
     keep = valid.transpose(0, 1)[:, :, None, None]  # (L, B, 1, 1)
 
@@ -332,7 +335,8 @@ def export(
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     if quantize is not None and format != "onnx":
-        raise ValueError(f"quantize={quantize!r}: only ONNX graphs are quantised (format='onnx'), got format={format!r}")
+        raise ValueError(f"quantize={quantize!r}: only ONNX graphs are quantised (format='onnx'), "
+                         f"got format={format!r}")  # fmt: skip
     if format == "onnx":
         _expect_installed(("onnx", "onnxscript") + (("onnxruntime",) if quantize else ()), f"format={format!r}")
     model = model_or_dir if isinstance(model_or_dir, nn.Module) else load_exportable(model_or_dir)
