@@ -1,5 +1,6 @@
 """`s5ssm bench --quick` runs every section and writes complete JSON (no timing asserts)."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -24,6 +25,8 @@ def test_quick_bench_writes_every_section(tmp_path, capsys):
     assert results["irregular"]["forward_backward_ratio"] > 0
     for label in ("default_threads", "one_thread"):
         assert results["step"][label]["step_ms_per_frame"] > 0
+        if importlib.util.find_spec("onnxruntime") is not None:  # the exported step beside it
+            assert results["step"][label]["onnx_over_compiled_step"] > 0
     rows = results["memory"]["rows"]
     assert [r["L"] for r in rows] == bench.QUICK["memory_lengths"]
     for row in rows:

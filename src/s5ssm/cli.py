@@ -1,9 +1,10 @@
-"""The `s5ssm` command: train, eval, predict, tasks, bench.
+"""The `s5ssm` command: train, eval, predict, export, tasks, bench.
 
     s5ssm train [--task NAME | --data FILE [--test-data FILE]] [--config FILE] [options]
     s5ssm train --resume RUN_DIR
     s5ssm eval RUN_DIR [--split test|val|train]
     s5ssm predict RUN_DIR --data FILE [--out FILE]
+    s5ssm export RUN_DIR_OR_MODEL_DIR --format onnx|pt2 --what step|sequence --out FILE [--quantize int8]
     s5ssm tasks
     s5ssm bench [--quick] ...
 
@@ -241,6 +242,24 @@ def _prediction_rows(model, dataset, info: dict) -> tuple[list[str], list[list]]
     return ["index", "prediction"] + columns, rows
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a directory; give a file name, e.g. {out / ('model.' + args.format)}")
+    if args.quantize and args.format != "onnx":
+        raise ValueError(f"--quantize {args.quantize}: only ONNX graphs are quantised; use --format onnx")
+    if not Path(args.source).is_dir():
+        raise FileNotFoundError(f"{args.source}: no such run or model directory")
+    try:
+        path = export(args.source, format=args.format, what=args.what, out=out, quantize=args.quantize)
+    except ImportError as exc:  # the deploy extra is missing
+        raise ValueError(f"--format {args.format}: {exc}") from None
+    print(f"wrote the {args.what} graph to {path}")
+    return 0
+
+
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .data import list_tasks
 
@@ -267,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data", required=True, help="a .ts or .npz file (an .npz may omit y)")
     pr.add_argument("--out", help="output CSV (default: predictions.csv)")
     pr.set_defaults(run=cmd_predict)
+    ex = sub.add_parser("export", help="write a model's step or sequence graph for ONNX Runtime or torch.export")
+    ex.add_argument("source", metavar="RUN_DIR_OR_MODEL_DIR", help="a run directory (its best checkpoint) or a "
+                    "save_pretrained directory")  # fmt: skip
+    ex.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="onnx, or pt2 (torch.export)")
+    ex.add_argument("--what", choices=("step", "sequence"), default="step",
+                    help="step: one frame, states in and out; sequence: whole sequences with a mask")  # fmt: skip
+    ex.add_argument("--out", required=True, help="the file to write")
+    ex.add_argument("--quantize", choices=("int8",), default=None, help="dynamic int8 weights (ONNX only)")
+    ex.set_defaults(run=cmd_export)
     sub.add_parser("tasks", help="list the built-in tasks").set_defaults(run=cmd_tasks)
     bench = sub.add_parser("bench", help="speed and memory benchmarks (see `s5ssm bench --help`)", add_help=False)
     bench.set_defaults(run=None)

@@ -10,7 +10,7 @@ measured in the same process, interleaved with it (these machines are shared and
                limit); and vs the layer written in JAX as the paper's code does it
     irregular  step_scale [B, L] vs a scalar step_scale (time; memory in `memory`)
     step       model.step per frame at batch 1 vs recomputing a 60-frame window (and vs
-               the same step in torch ops)
+               the same step in torch ops, and the exported step in onnxruntime)
     memory     peak memory of layer forward+backward per sequence length and backend,
                each cell in a fresh subprocess (see peak.py)
 
@@ -121,6 +121,11 @@ def print_report(results: dict) -> None:
                   f"recomputing the {r['window']}-frame window {t['window_recompute_ms_per_frame']:.2f} ms: "
                   f"{t['speedup_vs_window']:.1f}x faster over {t['frames']} frames; the same step in torch "
                   f"ops {t['torch_ops_step_ms_per_frame']:.3f} ms ({t['speedup_vs_torch_ops']:.1f}x)")  # fmt: skip
+            if "onnx_step_ms_per_frame" in t:
+                print(f"    the exported step in onnxruntime: {t['onnx_step_ms_per_frame']:.3f} ms per frame, "
+                      f"{t['onnx_over_compiled_step']:.2f}x the compiled step's time")  # fmt: skip
+        if r.get("onnx_note"):
+            print(f"  {r['onnx_note']}")
     if "memory" in results:
         _print_memory(results["memory"])
 

@@ -9,10 +9,12 @@ triton backend in the rows of the compiled CPU one); step is CPU-only.
 from __future__ import annotations
 
 import copy
-
 import math
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -265,8 +267,10 @@ def bench_step(frames: int, budget_s: float, embed_dim: int = 32, window: int = 
     """Per-frame latency of model.step at batch 1 vs recomputing a window with forward.
 
     model.step runs compiled (s5ssm.streaming); the same step in torch ops (the reference
-    path, a copy of the model with scan_backend="reference") is timed beside it. The three
-    run in turn in blocks of 20 frames, each call timed on its own; the medians over
+    path, a copy of the model with scan_backend="reference") is timed beside it, and, when
+    onnx and onnxruntime are installed, the step exported by s5ssm.export run in an
+    onnxruntime session (numpy in and out, the states carried as a deployed loop does).
+    They run in turn in blocks of 20 frames, each call timed on its own; the medians over
     frames are reported. Run at the default thread count and again with one thread.
     """
     torch.manual_seed(0)
@@ -280,23 +284,67 @@ def bench_step(frames: int, budget_s: float, embed_dim: int = 32, window: int = 
         "window": window,
     }
     default_threads = torch.get_num_threads()
-    for label, threads in (("default_threads", default_threads), ("one_thread", 1)):
-        with _threads(threads), torch.inference_mode():
-            results[label] = _step_vs_window(model, torch_ops, stream, frames, budget_s / 2)
-        results[label]["threads"] = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = _export_step(model, Path(tmp) / "step.onnx")
+        if not isinstance(exported, Path):
+            results["onnx_note"] = exported
+        for label, threads in (("default_threads", default_threads), ("one_thread", 1)):
+            session = _onnx_session(exported, threads) if isinstance(exported, Path) else None
+            with _threads(threads), torch.inference_mode():
+                results[label] = _step_vs_window(model, torch_ops, stream, frames, budget_s / 2, session)
+            results[label]["threads"] = threads
     return results
 
 
-def _step_vs_window(model, torch_ops, stream, frames: int, budget_s: float, block: int = 20) -> dict:
+def _export_step(model: S5Model, path: Path) -> Path | str:
+    """The model's step exported to `path` as ONNX, or why not (onnx or onnxruntime missing)."""
+    try:
+        import onnxruntime  # noqa: F401
+
+        from ..export import export
+
+        return export(model, format="onnx", what="step", out=path)
+    except ImportError as exc:
+        return f"onnxruntime step not timed: {exc.name or exc} is not installed (pip install 's5ssm[deploy]')"
+
+
+def _onnx_session(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _OnnxStep:
+    """The exported step in an onnxruntime session, carrying its states from frame to frame."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.outputs = [o.name for o in session.get_outputs()]
+        self.feeds = {i.name: np.zeros([1] + i.shape[1:], dtype=np.float32) for i in session.get_inputs()[1:]}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = dict(zip(self.outputs, self.session.run(None, {"x": x, **self.feeds})))
+        y = out.pop("y")
+        self.feeds = {name.replace("_out", "_in"): value for name, value in out.items()}
+        return y
+
+
+def _step_vs_window(model, torch_ops, stream, frames: int, budget_s: float, session=None, block: int = 20) -> dict:
     import statistics
 
     window = stream.shape[1]
     cache, ops_cache = model.init_cache(1), torch_ops.init_cache(1)
+    onnx_step, frames_np = (_OnnxStep(session) if session is not None else None), stream.numpy()
     for t in range(5):  # warm-up: kernels, caches of the step operator
         _, cache = model.step(stream[:, t], cache)
         _, ops_cache = torch_ops.step(stream[:, t], ops_cache)
         model(stream)
-    times: dict[str, list[float]] = {"step": [], "torch_ops": [], "window": []}
+        if onnx_step is not None:
+            onnx_step(frames_np[:, t])
+    times: dict[str, list[float]] = {"step": [], "torch_ops": [], "window": [], "onnx": []}
     deadline = time.perf_counter() + budget_s
     t = 0
     while t < frames and (time.perf_counter() < deadline or t < 2 * block):
@@ -314,10 +362,19 @@ def _step_vs_window(model, torch_ops, stream, frames: int, budget_s: float, bloc
             start = time.perf_counter()
             _, ops_cache = torch_ops.step(stream[:, t % window], ops_cache)
             times["torch_ops"].append(time.perf_counter() - start)
+        for _ in range(block if onnx_step is not None else 0):
+            start = time.perf_counter()
+            onnx_step(frames_np[:, t % window])
+            times["onnx"].append(time.perf_counter() - start)
         t += block
     steps = sorted(times["step"])
     step_ms, window_ms, ops_ms = (statistics.median(times[k]) * 1e3 for k in ("step", "window", "torch_ops"))
+    onnx = {}
+    if times["onnx"]:
+        onnx_ms = statistics.median(times["onnx"]) * 1e3
+        onnx = {"onnx_step_ms_per_frame": onnx_ms, "onnx_over_compiled_step": onnx_ms / step_ms}
     return {
+        **onnx,
         "frames": len(steps),
         "step_ms_per_frame": step_ms,
         "step_p90_ms": steps[int(0.9 * (len(steps) - 1))] * 1e3,
