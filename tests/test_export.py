@@ -162,11 +162,13 @@ def test_torch_export_programs_equal_the_eager_model(tmp_path):
     check_sequence(model, program, longest=300)  # torch runs the scan step by step in Python
 
 
-def test_bidirectional_exports_as_a_sequence_model_only(tmp_path):
-    model = tiny_model(**RMS, bidirectional=True, C_init="complex_normal")
+def test_bidirectional_and_window_models_export_as_sequence_models_only(tmp_path):
+    model = tiny_model(**RMS, bidirectional=True, C_init="complex_normal", encoder="window", encoder_width=3)
     check_sequence(model, onnx_sequence(s5ssm.export(model, what="sequence", out=tmp_path / "bi.onnx")))
     with pytest.raises(ValueError, match="what='step': a bidirectional model"):
         s5ssm.export(model, what="step", out=tmp_path / "never.onnx")
+    with pytest.raises(ValueError, match="what='step': encoder='window' reads 1 steps ahead"):
+        s5ssm.export(tiny_model(embed_dim=3, encoder="window", encoder_width=3), what="step", out=tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
 
 

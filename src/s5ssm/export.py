@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import LayerNorm, RMSNorm, S5Block, SequenceBatchNorm
-from .encoders import ConvEncoder
+from .encoders import ConvEncoder, WindowEncoder
 from .io import atomic_write_bytes
 from .model import CONFIG_NAME, S5Model
 
@@ -149,13 +149,16 @@ class _Graph(nn.Module):
             block.ssm = RealSSM(block.ssm)
         self.model = model.requires_grad_(False)  # torch's scan exports for inference only
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw inputs (..., embed_dim) or token ids (...) -> (..., H)."""
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw inputs (..., embed_dim) or token ids (...) -> (..., H); mask (B, L) for the
+        window encoder (whole sequences only)."""
         x = self.model._scale_in(x)
         encoder = self.model.encoder
         if isinstance(encoder, ConvEncoder):  # every frame at once (ConvEncoder.forward chunks them)
             frames = encoder.net(x.reshape(-1, 1, *encoder.image_shape))
             return frames.reshape(*x.shape[:-1], frames.shape[-1])
+        if isinstance(encoder, WindowEncoder):
+            return encoder(x, mask)
         return encoder(x)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
@@ -193,7 +196,7 @@ class SequenceGraph(_Graph):
         """x (B, L, D) or (B, L) int64; mask bool (B, L). Returns (B, output_size), or
         (B, L, output_size) with pooling "none"."""
         valid = mask.to(self.model.layers[0].ssm.D.dtype)
-        h = self.encode(x)
+        h = self.encode(x, mask)
         for block in self.model.layers:
 
             def whole(u, ssm=block.ssm):
@@ -222,8 +225,12 @@ def check_exportable(model: nn.Module, what: str) -> None:
         raise ValueError(f"dtype: export writes float32 graphs, the model holds {sorted(map(str, dtypes))}; "
                          "convert it with model.float() first")  # fmt: skip
     encoder = model.encoder
-    if type(encoder) not in (nn.Linear, nn.Embedding, ConvEncoder):
-        raise ValueError(f"encoder: {type(encoder).__name__} is not exportable (Linear, Embedding or ConvEncoder)")
+    if type(encoder) not in (nn.Linear, nn.Embedding, ConvEncoder, WindowEncoder):
+        raise ValueError(f"encoder: {type(encoder).__name__} is not exportable (Linear, Embedding, ConvEncoder "
+                         f"or WindowEncoder)")  # fmt: skip
+    if what == "step" and isinstance(encoder, WindowEncoder):
+        raise ValueError(f"what='step': encoder='window' reads {encoder.width // 2} steps ahead, so the model has "
+                         f"no step; export what='sequence'")  # fmt: skip
     if model.head is not None and type(model.head) is not nn.Linear:
         raise ValueError(f"head: {type(model.head).__name__} is not exportable (an nn.Linear)")
     for i, block in enumerate(model.layers):
