@@ -14,6 +14,9 @@ from s5ssm.cli import main
 def test_whole_sequence_labels_get_a_bidirectional_mean_pooled_model_and_a_step_budget():
     small = fitted_defaults.for_data({"kind": "classification", "per_step": False}, 20)
     assert small["bidirectional"] is True and small["pooling"] == "mean" and small["standardize"] is True
+    assert small["encoder"] == "window"
+    assert "encoder" not in fitted_defaults.for_data({"kind": "classification"}, 20, model="lstm")
+    assert "encoder" not in fitted_defaults.for_data({"kind": "classification", "vocab_size": 9}, 20)
     assert small["batch_size"] == 16 and small["epochs"] == fitted_defaults.MAX_EPOCHS  # 2 steps an epoch: capped
     large = fitted_defaults.for_data({"kind": "regression", "per_step": False}, 20000)
     assert large["batch_size"] == 32 and large["epochs"] == fitted_defaults.MIN_EPOCHS
@@ -24,7 +27,7 @@ def test_whole_sequence_labels_get_a_bidirectional_mean_pooled_model_and_a_step_
 
 def test_per_step_targets_keep_a_causal_model():
     chosen = fitted_defaults.for_data({"kind": "regression", "per_step": True}, 100)
-    assert chosen["bidirectional"] is False and chosen["pooling"] == "none"
+    assert chosen["bidirectional"] is False and chosen["pooling"] == "none" and "encoder" not in chosen
 
 
 def test_derived_settings_follow_what_the_user_set():

@@ -1,11 +1,14 @@
 """Training settings fitted to a user's data file (`s5ssm train --data`, the estimators).
 
 Whole-sequence labels (classification, one regression target per sequence): a
-bidirectional S5 stack read by mean pooling over the valid steps, standardised inputs,
+bidirectional S5 stack whose steps are encoded from a window of 9 steps (encoder="window"),
+read by mean pooling over the valid steps, standardised inputs,
 a training budget of about TARGET_STEPS optimizer steps whatever the data's size, and
 early stopping on the validation split. Per-step targets keep a causal model read at
-every step. The values were chosen by cross-validation on the training splits of public
-UEA/UCR sets (benchmarks/ucr.sh reports them against MiniRocket on the test splits).
+every step. The values were chosen on holdouts of the training splits of public UEA/UCR
+sets, never their test splits (benchmarks/ucr_screen.py, its results in
+benchmarks/results/ucr-screen.jsonl; benchmarks/ucr.sh reports the test splits against
+MiniRocket).
 
 Every setting here is a default: an option given on the command line, in --config or
 to an estimator wins.
@@ -25,11 +28,12 @@ def batch_size_for(train_size: int) -> int:
     return 16 if train_size < 500 else 32
 
 
-def for_data(info: dict, train_size: int, given: dict | None = None) -> dict:
+def for_data(info: dict, train_size: int, given: dict | None = None, model: str = "s5") -> dict:
     """The settings for a dataset described by `info` (kind, per_step, ...) with
-    `train_size` training sequences (after the validation split). Settings derived from
-    others (epochs from the batch size, warmup and patience from the epochs) follow the
-    values in `given` (what the user set) where there are any."""
+    `train_size` training sequences (after the validation split), for `model` ("s5" or an
+    RNN baseline, which takes no window encoder). Settings derived from others (epochs from
+    the batch size, warmup and patience from the epochs) follow the values in `given` (what
+    the user set) where there are any."""
     given = given or {}
     batch_size = int(given.get("batch_size") or min(batch_size_for(train_size), train_size))
     steps_per_epoch = math.ceil(train_size / batch_size)
@@ -53,6 +57,8 @@ def for_data(info: dict, train_size: int, given: dict | None = None) -> dict:
         settings.update(bidirectional=False, pooling="none")
     else:
         settings.update(bidirectional=True, pooling="mean")
+        if model == "s5" and not info.get("vocab_size"):  # float inputs: local shapes for the first layer
+            settings.update(encoder="window")
     return settings
 
 
@@ -67,7 +73,7 @@ def apply(cfg: dict, given: dict, data, log=print) -> dict:
     """cfg with the settings fitted to `data` (a trainer.Data) for every option not in
     `given` (what the user set); logs one line saying what was chosen."""
     train_size = len(data.splits["train"])
-    chosen = {k: v for k, v in for_data(data.info, train_size, given).items() if k not in given}
+    chosen = {k: v for k, v in for_data(data.info, train_size, given, cfg["model"]).items() if k not in given}
     if chosen:
         log(describe(chosen, data.info, train_size))
     return {**cfg, **chosen}
