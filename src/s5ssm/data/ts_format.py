@@ -209,6 +209,7 @@ class _TsReader:
         return values, None
 
     def data_line(self, ln: int, text: str) -> None:
+        """One case: '<dimension 1>:...:<dimension D>:<label>' -> float32 (L, D) inputs, its target."""
         fields = _split_top_level(text, ":")
         if self.n_dims is None:
             if len(fields) < 2:
@@ -220,24 +221,40 @@ class _TsReader:
                 f"expected {self.n_dims} dimension(s) and a label ({self.n_dims + 1} ':'-separated fields), "
                 f"got {len(fields)} field(s)",
             )
-        label = fields[-1].strip()
+        target = self._target(ln, fields[-1].strip())
+        x, times = self._case(ln, fields[:-1])
+        if not self.header.get("@equallength") and times is None:
+            x = self._trim_padding(x)
+        self._check_case(ln, x, times)
+        if np.isnan(x).any():
+            self._fill_missing(ln, x, times)
+        self.inputs.append(x.astype(np.float32))
+        self.targets.append(target)
+        if times is not None:
+            self.times.append(times)
+
+    def _target(self, ln: int, label: str) -> int | float:
+        """A case's label: its class index (@classLabel) or its float target (@targetLabel)."""
         if not label:
             raise self.fail(ln, "missing label after the last ':'")
         if self.header.get("@classlabel"):
             if label not in self.class_index:
                 shown = ", ".join(self.class_names)
                 raise self.fail(ln, f"unknown class label {label!r}; @classLabel declares: {shown}")
-            target = self.class_index[label]
-        else:
-            try:
-                target = float(label)
-            except ValueError:
-                raise self.fail(ln, f"target label {label!r} is not a number (@targetLabel true)") from None
-            if not np.isfinite(target):
-                raise self.fail(ln, f"target label {label!r} is not finite")
+            return self.class_index[label]
+        try:
+            target = float(label)
+        except ValueError:
+            raise self.fail(ln, f"target label {label!r} is not a number (@targetLabel true)") from None
+        if not np.isfinite(target):
+            raise self.fail(ln, f"target label {label!r} is not finite")
+        return target
 
+    def _case(self, ln: int, fields: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The dimensions of a case as float64 (L, D) values (NaN where missing) and, with time
+        stamps, float64 (L,) times, which every dimension must share."""
         dims, times = [], None
-        for d, field in enumerate(fields[:-1]):
+        for d, field in enumerate(fields):
             values, stamps = self._values(ln, d, field)
             if dims and len(values) != len(dims[0]):
                 raise self.fail(
@@ -251,14 +268,19 @@ class _TsReader:
                 elif not np.array_equal(times, stamps):
                     raise self.fail(ln, f"dimension {d + 1} has other time stamps than dimension 1")
             dims.append(values)
-        x = np.stack(dims, axis=1)
-        if not self.header.get("@equallength") and times is None:
-            # unequal-length data padded at the end with missing values in every dimension
-            present = np.flatnonzero(~np.isnan(x).all(axis=1))
-            keep = int(present[-1]) + 1 if present.size else len(x)
-            if keep < len(x):
-                self.trimmed += len(x) - keep
-                x = x[:keep]
+        return np.stack(dims, axis=1), times
+
+    def _trim_padding(self, x: np.ndarray) -> np.ndarray:
+        """x (L, D) without the steps at its end that are missing in every dimension: the
+        padding of unequal-length data (counted in self.trimmed)."""
+        present = np.flatnonzero(~np.isnan(x).all(axis=1))
+        keep = int(present[-1]) + 1 if present.size else len(x)
+        self.trimmed += len(x) - keep
+        return x[:keep]
+
+    def _check_case(self, ln: int, x: np.ndarray, times: np.ndarray | None) -> None:
+        """The case's length against the header, no infinite value, increasing time stamps
+        (checked here to name the line; SequenceDataset checks the values again)."""
         length = len(x)
         series_length = self.header.get("@serieslength")
         if series_length is not None and length != series_length:
@@ -275,25 +297,24 @@ class _TsReader:
             if length > 1 and not (np.diff(times) > 0).all():
                 k = int(np.flatnonzero(np.diff(times) <= 0)[0]) + 1
                 raise self.fail(ln, f"time stamps not strictly increasing at value {k + 1}")
+
+    def _fill_missing(self, ln: int, x: np.ndarray, times: np.ndarray | None) -> None:
+        """Fill the missing values of x (L, D) in place, per the missing policy: linear
+        interpolation over the time stamps (else the step index) of each dimension."""
         gaps = np.isnan(x)
-        if gaps.any():
-            if self.header.get("@missing") is False:
-                raise self.fail(ln, "missing value ('?' or NaN) but the header says @missing false")
-            if self.missing == "error":
-                d = int(np.flatnonzero(gaps.any(axis=0))[0])
-                raise self.fail(ln, f"dimension {d + 1}: missing value (load with missing='interpolate' to fill gaps)")
-            self.missing_count += int(gaps.sum())
-            axis = times if times is not None else np.arange(length, dtype=np.float64)
-            for d in range(x.shape[1]):
-                bad = gaps[:, d]
-                if bad.all():
-                    raise self.fail(ln, f"dimension {d + 1}: every value is missing; nothing to interpolate from")
-                if bad.any():
-                    x[bad, d] = np.interp(axis[bad], axis[~bad], x[~bad, d])
-        self.inputs.append(x.astype(np.float32))
-        self.targets.append(target)
-        if times is not None:
-            self.times.append(times)
+        if self.header.get("@missing") is False:
+            raise self.fail(ln, "missing value ('?' or NaN) but the header says @missing false")
+        if self.missing == "error":
+            d = int(np.flatnonzero(gaps.any(axis=0))[0])
+            raise self.fail(ln, f"dimension {d + 1}: missing value (load with missing='interpolate' to fill gaps)")
+        self.missing_count += int(gaps.sum())
+        axis = times if times is not None else np.arange(len(x), dtype=np.float64)
+        for d in range(x.shape[1]):
+            bad = gaps[:, d]
+            if bad.all():
+                raise self.fail(ln, f"dimension {d + 1}: every value is missing; nothing to interpolate from")
+            if bad.any():
+                x[bad, d] = np.interp(axis[bad], axis[~bad], x[~bad, d])
 
     def read(self) -> tuple[SequenceDataset, dict]:
         last = 0
