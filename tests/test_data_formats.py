@@ -283,7 +283,7 @@ BROKEN_NPZ = [
     (dict(x=X3, y=Y3, extra=np.zeros(2)), r"bad\.npz\[extra\]: unexpected key"),
     (
         dict(x=np.where(np.arange(24).reshape(3, 4, 2) == 13, np.nan, 0.0), y=Y3),
-        r"bad\.npz\[x\]: sequence 1 contains NaN or Inf",
+        r"bad\.npz\[x\]: sequence 1: contains NaN or Inf",
     ),
     (dict(x=X3, y=np.array([0, -1, 0])), r"bad\.npz\[y\]: sequence 1: class label -1"),
     (dict(x=X3, y=Y3, class_names=np.array(["a"])), r"bad\.npz\[y\]: sequence 1: class label 1 but only 1 class_names"),
@@ -293,7 +293,7 @@ BROKEN_NPZ = [
     ),
     (
         dict(x=X3, y=Y3, t=np.array([[0, 1, 2, 3], [0, 1, 1, 2], [0, 1, 2, 3]], float)),
-        r"bad\.npz\[t\]: sequence 1: time stamps not strictly increasing at step 2",
+        r"bad\.npz\[t\]: sequence 1: not strictly increasing at step 2",
     ),
     (dict(x=X3, y=Y3, t=np.zeros((3, 5))), r"bad\.npz\[t\]: shape \(3, 5\) does not match"),
     (dict(x=np.zeros((3, 4), np.int64) - 1, y=Y3), r"bad\.npz\[x\]: sequence 0: token ids must be >= 0"),
@@ -302,6 +302,14 @@ BROKEN_NPZ = [
         r"bad\.npz\[vocab_size\]: is 5 but x holds token id 5",
     ),
     (dict(x=X3.astype(bool), y=Y3), r"bad\.npz\[x\]: dtype bool"),
+    # the checks SequenceDataset makes, reported by key and sequence
+    (dict(x=np.zeros((3, 4, 0)), y=Y3), r"bad\.npz\[x\]: sequence 0: zero features"),
+    (dict(x=X3, y=np.array([0.5, np.inf, 1.0])), r"bad\.npz\[y\]: sequence 1: contains NaN or Inf"),
+    (dict(x=X3, y=np.zeros((3, 3, 1))), r"bad\.npz\[y\]: per-step targets cover L=3 steps but sequence 0 has length 4"),
+    (
+        dict(x=X3, y=Y3, t=np.array([[0, 1, 2, 3], [0, 1, 2, np.nan], [0, 1, 2, 3]])),
+        r"bad\.npz\[t\]: sequence 1: contains NaN",
+    ),
 ]
 
 

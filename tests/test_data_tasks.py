@@ -223,3 +223,42 @@ def test_digits_permuted_uses_one_fixed_permutation():
             assert np.array_equal(b, a[order])
     with pytest.raises(ValueError, match="1797"):
         get_task("digits").make(0, (1500, 200, 200))
+
+
+# Each task's effective model settings where they differ from the shared base
+# (s5ssm.data.tasks.base.SHARED_MODEL_DEFAULTS): the base plus these is the whole dict.
+EFFECTIVE_MODEL = {
+    ("adding", 32): dict(hidden_size=64, state_size=64, blocks=4, num_layers=4, pooling="last"),
+    ("copying", 32): dict(hidden_size=64, state_size=64, blocks=4, num_layers=4, pooling="last", norm="layer"),
+    ("digits", 32): dict(hidden_size=64, state_size=64, blocks=4, num_layers=4, pooling="mean", dropout=0.1),
+    ("listops", 32): dict(hidden_size=128, state_size=16, blocks=8, num_layers=8, pooling="mean",
+                          activation="half_glu2", bidirectional=True, C_init="lecun_normal"),
+    ("pendulum", 32): dict(encoder="conv", hidden_size=30, state_size=16, blocks=8, num_layers=4, pooling="none",
+                           norm="layer", prenorm=False, activation="half_glu2", dt_min=0.01),
+    ("pathfinder", 32): dict(hidden_size=192, state_size=256, blocks=8, num_layers=6, pooling="mean",
+                             dropout=0.05, bidirectional=True),
+    ("pathfinder", 64): dict(hidden_size=192, state_size=256, blocks=8, num_layers=6, pooling="mean",
+                             dropout=0.05, bidirectional=True, dt_min=0.0001),
+    ("pathfinder", 128): dict(hidden_size=128, state_size=256, blocks=16, num_layers=6, pooling="mean",
+                              bidirectional=True, C_init="complex_normal", dt_min=0.0001),
+}  # fmt: skip
+BASE_MODEL = dict(dropout=0.0, norm="batch", prenorm=True, activation="half_glu1", bidirectional=False,
+                  C_init="trunc_standard_normal", dt_min=0.001, dt_max=0.1, clip_eigs=False)  # fmt: skip
+MODEL_ORDER = ["hidden_size", "state_size", "blocks", "num_layers", "dropout", "pooling", "norm", "prenorm",
+               "activation", "bidirectional", "C_init", "dt_min", "dt_max", "clip_eigs"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, resolution", list(EFFECTIVE_MODEL))
+def test_task_model_defaults_are_the_shared_base_plus_the_task_settings(name, resolution):
+    task = get_task(name, resolution=resolution) if name == "pathfinder" else get_task(name)
+    want = {**BASE_MODEL, **EFFECTIVE_MODEL[name, resolution]}
+    assert task.model_defaults == want
+    extra = ["encoder"] if "encoder" in want else []
+    assert list(task.model_defaults) == extra + MODEL_ORDER  # the order the config files show
+
+
+def test_task_model_defaults_need_the_task_sizes():
+    from s5ssm.data.tasks.base import model_defaults
+
+    with pytest.raises(ValueError, match="must give its own state_size, pooling"):
+        model_defaults(hidden_size=8, blocks=1, num_layers=1)

@@ -23,6 +23,7 @@ from s5ssm import checkpoint, distributed
 from s5ssm.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+CRASHING_CLI = str(Path(__file__).resolve().parent / "helpers" / "crashing_cli.py")
 # 60 training digits, 21 validation (an uneven split between the processes); BatchNorm (the
 # default) and dropout. 2 processes x 10 = 20 a step: 3 steps an epoch, 6 in all;
 # checkpoints after steps 2, 3, 4 and 6.
@@ -37,13 +38,14 @@ EXACT = [*BASE, "--norm", "layer", "--dropout", "0"]
 TAGS = {"train/loss", "train/lr", "epoch/train_loss", "epoch/train_accuracy", "epoch/val_loss", "epoch/val_accuracy"}
 
 
-def launch(args, env=None, check=True):
-    """`python -m torch.distributed.run --standalone --nproc_per_node 2 -m s5ssm ARGS`."""
+def launch(args, env=None, check=True, kill=None):
+    """`python -m torch.distributed.run --standalone --nproc_per_node 2 -m s5ssm ARGS`
+    (kill="step=N": every process runs tests/helpers/crashing_cli.py, which kills it there)."""
     full_env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", **(env or {}))
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         full_env.pop(name, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "s5ssm", *args]  # fmt: skip
+               *(["-m", "s5ssm"] if kill is None else [CRASHING_CLI, kill]), *args]  # fmt: skip
     out = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=300)
     if check and out.returncode != 0:
         raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
@@ -144,7 +146,7 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(ddp_run, tmp_path):
     run, _ = ddp_run
     killed = tmp_path / "killed"
     # killed after step 6, the end of the last epoch: steps 5 and 6 are logged, step 4 is the checkpoint
-    died = launch([*DDP, "--run_dir", str(killed)], env={"S5SSM_KILL_AT_STEP": "6"}, check=False)
+    died = launch([*DDP, "--run_dir", str(killed)], kill="step=6", check=False)
     assert died.returncode != 0 and not (killed / "summary.json").exists()
     assert len(rows(killed, "metrics_steps.csv")) == 6
     state = checkpoint.load(killed / "checkpoints")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,8 +60,9 @@ def test_lock_is_held_across_processes(tmp_path):
 def test_directory_of_a_run_that_never_checkpointed_starts_afresh(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", *TINY, "--epochs", "1", "--checkpoint_every", "0", "--run_dir", str(run)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), S5SSM_KILL_AT_STEP="3")
-    died = subprocess.run([sys.executable, "-m", "s5ssm", *args], env=env, capture_output=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    crashing_cli = Path(__file__).resolve().parent / "helpers" / "crashing_cli.py"
+    died = subprocess.run([sys.executable, crashing_cli, "step=3", *args], env=env, capture_output=True)
     assert died.returncode == -9 and steps_logged(run) == [1, 2, 3]  # killed before the epoch's checkpoint
     (run / "checkpoints" / "step-000000002").mkdir(parents=True)  # as a save cut short leaves it
     (run / "notes.txt").write_text("mine")

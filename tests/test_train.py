@@ -18,12 +18,15 @@ from s5ssm.trainer import parameter_groups
 TINY = ["--task", "digits", "--size", "tiny", "--epochs", "2", "--batch_size", "16", "--hidden_size", "16",
         "--state_size", "8", "--blocks", "1", "--num_layers", "2", "--quiet"]  # fmt: skip
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+CRASHING_CLI = str(Path(__file__).resolve().parent / "helpers" / "crashing_cli.py")
 
 
-def run_cli(args, env=None, check=True):
-    """Run `python -m s5ssm ARGS` in a fresh process (the way users and torchrun start it)."""
+def run_cli(args, env=None, check=True, kill=None):
+    """Run `python -m s5ssm ARGS` in a fresh process (the way users and torchrun start it);
+    kill="step=N" or "save" runs it through tests/helpers/crashing_cli.py, which kills it there."""
     full_env = dict(os.environ, PYTHONPATH=SRC, **(env or {}))
-    out = subprocess.run([sys.executable, "-m", "s5ssm", *args], capture_output=True, text=True, env=full_env)
+    start = [sys.executable, "-m", "s5ssm"] if kill is None else [sys.executable, CRASHING_CLI, kill]
+    out = subprocess.run([*start, *args], capture_output=True, text=True, env=full_env)
     if check and out.returncode != 0:
         raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
     return out
@@ -71,7 +74,7 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):
     args = [*TINY, "--epochs", "3", "--checkpoint_every", "2", "--dropout", "0.2", "--augment"]  # draws from the RNG
     run_cli(["train", *args, "--run_dir", str(whole)])
     # steps per epoch = ceil(60/16) = 4: step 7 is mid-epoch 1, after the step-6 checkpoint
-    died = run_cli(["train", *args, "--run_dir", str(killed)], env={"S5SSM_KILL_AT_STEP": "7"}, check=False)
+    died = run_cli(["train", *args, "--run_dir", str(killed)], kill="step=7", check=False)
     assert died.returncode == -9
     assert checkpoint.load(killed / "checkpoints")["progress"]["global_step"] == 6
     run_cli(["train", "--resume", str(killed)])
@@ -85,14 +88,13 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):
 def test_kill_during_checkpoint_save_leaves_previous_checkpoint(tmp_path):
     run = tmp_path / "run"
     # the first save (step 2) completes; the next one is killed after writing its model file
-    env = {"S5SSM_KILL_AT": "save"}
-    died = run_cli(["train", *TINY, "--checkpoint_every", "2", "--run_dir", str(run)], env=env, check=False)
+    died = run_cli(["train", *TINY, "--checkpoint_every", "2", "--run_dir", str(run)], kill="save", check=False)
     assert died.returncode == -9
     assert not (run / "checkpoints" / "last.json").exists()  # killed inside the very first save
     run2 = tmp_path / "run2"
-    run_cli(["train", *TINY, "--checkpoint_every", "2", "--run_dir", str(run2)], env={"S5SSM_KILL_AT_STEP": "3"}, check=False)
+    run_cli(["train", *TINY, "--checkpoint_every", "2", "--run_dir", str(run2)], kill="step=3", check=False)
     good = checkpoint.load(run2 / "checkpoints")["progress"]["global_step"]
-    died = run_cli(["train", "--resume", str(run2)], env=env, check=False)
+    died = run_cli(["train", "--resume", str(run2)], kill="save", check=False)
     assert died.returncode == -9
     state = checkpoint.load(run2 / "checkpoints")  # the pointer still names a complete checkpoint
     assert state["progress"]["global_step"] == good

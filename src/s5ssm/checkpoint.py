@@ -23,7 +23,6 @@ CheckpointError (a ValueError) naming the file.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -63,12 +62,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _crash_point(name: str) -> None:
-    """Fault injection for the crash tests: SIGKILL this process at a named point."""
-    if os.environ.get("S5SSM_KILL_AT") == name:
-        os.kill(os.getpid(), 9)
-
-
 def save(
     root: str | Path,
     model: torch.nn.Module,
@@ -91,7 +84,6 @@ def save(
         for rank, state in enumerate(rng_states or [torch.get_rng_state()]):
             tensors["rng.torch" + (f".{rank}" if rank else "")] = state
         save_safetensors(model.state_dict(), directory / "model.safetensors")
-        _crash_point("save")
         save_safetensors(tensors, directory / "optimizer.safetensors")
         atomic_write_text(directory / "state.json", json.dumps({"optimizer": meta, "progress": progress}, indent=1))
     last = _pointed_name(root, "last") if "last" in pointers else None

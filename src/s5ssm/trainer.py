@@ -33,6 +33,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -472,23 +473,64 @@ def train(cfg: dict, run_dir: str | Path, resume: bool = False, log=print, data:
         distributed.teardown(ctx)
 
 
+@dataclass
+class _Run:
+    """What a training run holds from its setup to its summary (built by _setup)."""
+
+    cfg: dict
+    run_dir: Path
+    ctx: distributed.Context
+    device: torch.device
+    log: Callable
+    stop: rundir.StopOnInterrupt
+    data: Data
+    net: torch.nn.Module  # the model: checkpointed and evaluated
+    model: torch.nn.Module  # what trains: net, wrapped in DDP under torchrun and cast to the precision
+    optimizer: torch.optim.Optimizer
+    scale: torch.Tensor | None  # (T,) regression target scale of the loss, or None
+    progress: dict  # epoch, batch, global_step, running sums, best, ..., seconds: all a checkpoint resumes
+    runlog: _RunLog
+    steps_per_epoch: int
+    start_time: float  # perf_counter() at the run's start, less the seconds trained before a resume
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.cfg["batch_size"])
+
+    @property
+    def metric_name(self) -> str:
+        return self.data.info["metric"]
+
+
 def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device,
            stop: rundir.StopOnInterrupt, data: Data | None, extras: bool) -> dict:  # fmt: skip
-    ckpt_dir = run_dir / "checkpoints"
-    if not resume:
-        if (ckpt_dir / "last.json").exists():
-            raise FileExistsError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --run_dir")
-        if ctx.main:
-            rundir.start_clean(run_dir, log)
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    """The run of `train`: setup, then per epoch train, validate and checkpoint, then evaluate."""
+    run = _setup(cfg, run_dir, resume, log, ctx, device, stop, data, extras)
+    for epoch in range(run.progress["epoch"], int(cfg["epochs"])):
+        if run.progress.get("stopped_early"):
+            break
+        _train_epoch(run, epoch)
+        improved = _end_epoch(run, epoch)
+        _save(run, ("last", "best") if improved else ("last",))
+        if stop.requested and epoch + 1 < int(cfg["epochs"]):
+            raise rundir.Interrupted(run_dir, run.progress["global_step"])
+    return _finish(run)
+
+
+# ---------------------------------------------------------------------------- run: setup
+def _setup(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context, device: torch.device,
+           stop: rundir.StopOnInterrupt, data: Data | None, extras: bool) -> _Run:  # fmt: skip
+    """Open the run directory, read the data, build model and optimizer, and (resume) load
+    the last checkpoint into them. Seeds the RNG in the order exact resume relies on."""
+    _open_run_dir(cfg, run_dir, resume, ctx, log)
     torch.manual_seed(int(cfg["seed"]))
     data = data if data is not None and not resume else load_data(cfg)
     info = data.info
-    if ctx.main and info["kind"] == "classification":
-        if resume:
-            check_classes(run_dir, info)
-        else:
-            atomic_write_text(run_dir / CLASSES_NAME, json.dumps(labels.class_names(info)))
+    _record_classes(run_dir, info, resume, ctx)
     train_set = data.splits["train"]
     distributed.check_world(ctx, len(train_set))
     if cfg.get("augment"):
@@ -500,132 +542,196 @@ def _train(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
     if ctx.rank:
         torch.manual_seed(_process_seed(int(cfg["seed"]), ctx.rank))
     optimizer = torch.optim.AdamW(parameter_groups(net, cfg))
-    batch_size = int(cfg["batch_size"])
-    steps_per_epoch = distributed.steps_per_epoch(len(train_set), batch_size, ctx)
-    total_steps, warmup_steps = steps_per_epoch * int(cfg["epochs"]), steps_per_epoch * int(cfg["warmup_epochs"])
-    metric_name = info["metric"]
-
-    progress = {"epoch": 0, "batch": 0, "global_step": 0, "sums": [0.0, 0.0, 0], "best": None,
-                "best_loss": None, "best_epoch": None, "stopped_early": False, "seconds": 0.0}  # fmt: skip
-    patience = int(cfg.get("patience") or 0)
-    if resume:
-        if not (ckpt_dir / "last.json").exists():
-            raise FileNotFoundError(f"--resume {run_dir}: the run stopped before its first checkpoint, nothing to "
-                                    f"resume; train again with --run_dir {run_dir} to start it afresh")  # fmt: skip
-        state = checkpoint.load(ckpt_dir, "last")
-        if len(state["rng"]) != ctx.world:
-            raise ValueError(f"--resume {run_dir}: the run was trained by {len(state['rng'])} process(es) "
-                             f"(WORLD_SIZE); resume it with as many, not {ctx.world}")  # fmt: skip
-        checkpoint.restore(net, state["model"], ckpt_dir, "last")
-        checkpoint.restore(optimizer, state["optimizer"], ckpt_dir, "last", "state.json")
-        if (ckpt_dir / "best.json").exists():  # read at the end: check it now, not after the epochs
-            checkpoint.load_model(ckpt_dir, "best")
-        torch.set_rng_state(state["rng"][ctx.rank])
-        progress = state["progress"]
-        if progress["epoch"] > int(cfg["epochs"]):
-            raise ValueError(f"--epochs {cfg['epochs']}: {run_dir} has already trained {progress['epoch']} epochs")
-        if ctx.main:  # the settings a resume may change (s5ssm.settings.RESUMABLE), e.g. more epochs
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    steps_per_epoch = distributed.steps_per_epoch(len(train_set), int(cfg["batch_size"]), ctx)
+    progress = _resume_state(cfg, run_dir, ctx, net, optimizer) if resume else _fresh_progress()
     runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log, extras)
     if resume:
         runlog.truncate(progress)
         log(f"resuming {run_dir} at epoch {progress['epoch']}, batch {progress['batch']}")
     log(f"{cfg['model']} model, {sum(p.numel() for p in net.parameters()):,} parameters; "
         + " / ".join(f"{len(ds)} {name}" for name, ds in data.splits.items()) + " sequences"
-        + (f"; {ctx.world} processes at batch size {batch_size} each" if ctx.distributed else ""))  # fmt: skip
-    # every process starts from the same weights (same seed; DDP also broadcasts rank 0's)
+        + (f"; {ctx.world} processes at batch size {int(cfg['batch_size'])} each" if ctx.distributed else ""))  # fmt: skip
+    model = _training_model(net, cfg, ctx, device)
+    return _Run(cfg, run_dir, ctx, device, log, stop, data, net, model, optimizer, scale, progress, runlog,
+                steps_per_epoch, time.perf_counter() - progress["seconds"])  # fmt: skip
+
+
+def _open_run_dir(cfg: dict, run_dir: Path, resume: bool, ctx: distributed.Context, log) -> None:
+    """A new run: refuse a directory that holds one, else clear it and write config.yaml."""
+    if resume:
+        return
+    if (run_dir / "checkpoints" / "last.json").exists():
+        raise FileExistsError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --run_dir")
+    if ctx.main:
+        rundir.start_clean(run_dir, log)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+
+
+def _record_classes(run_dir: Path, info: dict, resume: bool, ctx: distributed.Context) -> None:
+    """Classification: write classes.json (new run) or check the data still has them (resume)."""
+    if not ctx.main or info["kind"] != "classification":
+        return
+    if resume:
+        check_classes(run_dir, info)
+    else:
+        atomic_write_text(run_dir / CLASSES_NAME, json.dumps(labels.class_names(info)))
+
+
+def _fresh_progress() -> dict:
+    """The progress of a run before its first step (see _Run.progress)."""
+    return {"epoch": 0, "batch": 0, "global_step": 0, "sums": [0.0, 0.0, 0], "best": None,
+            "best_loss": None, "best_epoch": None, "stopped_early": False, "seconds": 0.0}  # fmt: skip
+
+
+def _resume_state(cfg: dict, run_dir: Path, ctx: distributed.Context, net: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer) -> dict:  # fmt: skip
+    """Load the last checkpoint into net, optimizer and this process's RNG; return its progress.
+
+    Also checks the best checkpoint reads (it is needed at the end) and rewrites config.yaml
+    with the settings a resume may change (s5ssm.settings.RESUMABLE, e.g. more epochs)."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not (ckpt_dir / "last.json").exists():
+        raise FileNotFoundError(f"--resume {run_dir}: the run stopped before its first checkpoint, nothing to "
+                                f"resume; train again with --run_dir {run_dir} to start it afresh")  # fmt: skip
+    state = checkpoint.load(ckpt_dir, "last")
+    if len(state["rng"]) != ctx.world:
+        raise ValueError(f"--resume {run_dir}: the run was trained by {len(state['rng'])} process(es) "
+                         f"(WORLD_SIZE); resume it with as many, not {ctx.world}")  # fmt: skip
+    checkpoint.restore(net, state["model"], ckpt_dir, "last")
+    checkpoint.restore(optimizer, state["optimizer"], ckpt_dir, "last", "state.json")
+    if (ckpt_dir / "best.json").exists():
+        checkpoint.load_model(ckpt_dir, "best")
+    torch.set_rng_state(state["rng"][ctx.rank])
+    progress = state["progress"]
+    if progress["epoch"] > int(cfg["epochs"]):
+        raise ValueError(f"--epochs {cfg['epochs']}: {run_dir} has already trained {progress['epoch']} epochs")
+    if ctx.main:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    return progress
+
+
+def _training_model(net: torch.nn.Module, cfg: dict, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
+    """net as it trains: in DistributedDataParallel under torchrun, cast to cfg's precision.
+    Every process starts from the same weights (same seed; DDP also broadcasts rank 0's)."""
     model = net
     if ctx.distributed:
         device_ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
-    model = precision.for_training(model, cfg.get("precision", "fp32"), device)
+    return precision.for_training(model, cfg.get("precision", "fp32"), device)
 
-    def save(pointers):
-        rng = _rng_states(ctx)  # every process reaches every save
-        if ctx.main:
-            runlog.flush()
-            checkpoint.save(ckpt_dir, net, optimizer, progress, pointers, rng)
 
-    kill_step = int(os.environ.get("S5SSM_KILL_AT_STEP", "-1"))  # fault injection for the resume test
-    start_time = time.perf_counter() - progress["seconds"]
+# ---------------------------------------------------------------------------- run: one epoch
+def _train_epoch(run: _Run, epoch: int) -> None:
+    """Train `epoch` from progress["batch"] on (0, or where a resumed run stopped), logging
+    each step; mid-epoch, save "last" every checkpoint_every steps and on Ctrl-C (then stop)."""
+    cfg, progress, ctx = run.cfg, run.progress, run.ctx
+    train_set = run.data.splits["train"]
     every = int(cfg["checkpoint_every"])
-    for epoch in range(progress["epoch"], int(cfg["epochs"])):
-        if progress.get("stopped_early"):
-            break
-        model.train()
-        order = distributed.shard(epoch_order(len(train_set), int(cfg["seed"]), epoch), batch_size, ctx)
-        bar = _Progress(steps_per_epoch, progress["batch"], epoch, cfg["quiet"] or not ctx.main)
-        tick = time.perf_counter()
-        for index, batch in enumerate(_loader(train_set, batch_size, order)):
-            if index < progress["batch"]:
-                continue  # done before the checkpoint this run resumed from
-            step = progress["global_step"]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_factor_at(step, warmup_steps, total_steps, group["base_lr"], cfg["lr_min"])
-            if cfg.get("augment"):
-                batch = augment(batch)
-            loss, logged, sums = _step_loss(*batch_loss(model, batch, info, device, scale), ctx, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            optimizer.step()
-            progress["sums"] = [total + value for total, value in zip(progress["sums"], sums)]
-            progress["batch"], progress["global_step"] = index + 1, step + 1
-            runlog.step({"step": step + 1, "epoch": epoch, "lr": optimizer.param_groups[-1]["lr"], "loss": logged})
-            now = time.perf_counter()
-            bar.update(logged, metric_name, sums[1] / max(sums[2], 1), len(batch["y"]) * ctx.world / max(now - tick, 1e-9))
-            tick = now
-            if step + 1 == kill_step:
-                os.kill(os.getpid(), 9)
-            mid_epoch = index + 1 < steps_per_epoch  # (the epoch's end saves anyway)
-            if mid_epoch and (stop.requested or (every and (step + 1) % every == 0)):
-                progress["seconds"] = time.perf_counter() - start_time
-                save(("last",))
-            if mid_epoch and stop.requested:
-                raise rundir.Interrupted(run_dir, progress["global_step"])
-        bar.close()
-        total_loss, total_metric, total_count = progress["sums"]  # over all processes
-        _share_buffers(net, ctx)
-        val = evaluate(net, data.splits["val"], info, batch_size, device, ctx)
-        row = {"epoch": epoch, "train_loss": total_loss / max(total_count, 1),
-               f"train_{metric_name}": total_metric / max(total_count, 1),
-               "val_loss": val["loss"], f"val_{metric_name}": val[metric_name],
-               "seconds": round(time.perf_counter() - start_time, 2)}  # fmt: skip
-        log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
+    run.model.train()
+    order = distributed.shard(epoch_order(len(train_set), int(cfg["seed"]), epoch), run.batch_size, ctx)
+    bar = _Progress(run.steps_per_epoch, progress["batch"], epoch, cfg["quiet"] or not ctx.main)
+    tick = time.perf_counter()
+    for index, batch in enumerate(_loader(train_set, run.batch_size, order)):
+        if index < progress["batch"]:
+            continue  # done before the checkpoint this run resumed from
+        step = progress["global_step"]
+        if cfg.get("augment"):
+            batch = augment(batch)
+        logged, sums = _train_step(run, batch, step)
+        progress["sums"] = [total + value for total, value in zip(progress["sums"], sums)]
+        progress["batch"], progress["global_step"] = index + 1, step + 1
+        run.runlog.step({"step": step + 1, "epoch": epoch, "lr": run.optimizer.param_groups[-1]["lr"], "loss": logged})
+        now = time.perf_counter()
+        bar.update(logged, run.metric_name, sums[1] / max(sums[2], 1), len(batch["y"]) * ctx.world / max(now - tick, 1e-9))
+        tick = now
+        mid_epoch = index + 1 < run.steps_per_epoch  # (the epoch's end saves anyway)
+        if mid_epoch and (run.stop.requested or (every and (step + 1) % every == 0)):
+            progress["seconds"] = time.perf_counter() - run.start_time
+            _save(run, ("last",))
+        if mid_epoch and run.stop.requested:
+            raise rundir.Interrupted(run.run_dir, progress["global_step"])
+    bar.close()
+
+
+def _train_step(run: _Run, batch: dict, step: int) -> tuple[float, list]:
+    """One optimizer step at global step `step` (0-based) on `batch` (this process's share).
+
+    Returns the logged loss (over all processes) and the batch sums [loss, metric, count]."""
+    cfg, steps = run.cfg, run.steps_per_epoch
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_factor_at(step, steps * int(cfg["warmup_epochs"]), steps * int(cfg["epochs"]),
+                                   group["base_lr"], cfg["lr_min"])  # fmt: skip
+    loss, logged, sums = _step_loss(*batch_loss(run.model, batch, run.data.info, run.device, run.scale), run.ctx,
+                                    run.device)  # fmt: skip
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg["grad_clip"]:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg["grad_clip"])
+    run.optimizer.step()
+    return logged, sums
+
+
+def _end_epoch(run: _Run, epoch: int) -> bool:
+    """Validate after `epoch`, log its row, track the best epoch and early stopping, and
+    advance progress to the next epoch. Returns whether the validation result improved."""
+    progress, metric_name = run.progress, run.metric_name
+    total_loss, total_metric, total_count = progress["sums"]  # over all processes
+    _share_buffers(run.net, run.ctx)
+    val = evaluate(run.net, run.data.splits["val"], run.data.info, run.batch_size, run.device, run.ctx)
+    row = {"epoch": epoch, "train_loss": total_loss / max(total_count, 1),
+           f"train_{metric_name}": total_metric / max(total_count, 1),
+           "val_loss": val["loss"], f"val_{metric_name}": val[metric_name],
+           "seconds": round(time.perf_counter() - run.start_time, 2)}  # fmt: skip
+    run.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
             f"val loss {val['loss']:.4f} {metric_name} {val[metric_name]:.4f}")  # fmt: skip
-        improved = _better(metric_name, val[metric_name], val["loss"], progress)
-        if improved:
-            progress.update(best=val[metric_name], best_loss=val["loss"], best_epoch=epoch)
-        elif patience and epoch - progress["best_epoch"] >= patience:
-            progress["stopped_early"] = True
-            log(f"stopping early: no better validation {metric_name} for {patience} epochs (best: epoch "
+    improved = _better(metric_name, val[metric_name], val["loss"], progress)
+    patience = int(run.cfg.get("patience") or 0)
+    if improved:
+        progress.update(best=val[metric_name], best_loss=val["loss"], best_epoch=epoch)
+    elif patience and epoch - progress["best_epoch"] >= patience:
+        progress["stopped_early"] = True
+        run.log(f"stopping early: no better validation {metric_name} for {patience} epochs (best: epoch "
                 f"{progress['best_epoch']})")  # fmt: skip
-        progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - start_time)
-        runlog.epoch(row, progress["global_step"])
-        save(("last", "best") if improved else ("last",))
-        if stop.requested and epoch + 1 < int(cfg["epochs"]):
-            raise rundir.Interrupted(run_dir, progress["global_step"])
-    runlog.close()
-    distributed.barrier(ctx)  # the best checkpoint is on disk before anyone reads it
-    checkpoint.restore(net, checkpoint.load_model(ckpt_dir, "best"), ckpt_dir, "best")
-    results = {split: evaluate(net, ds, info, batch_size, device, ctx) for split, ds in data.splits.items()}
-    if not ctx.main:
+    progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - run.start_time)
+    run.runlog.epoch(row, progress["global_step"])
+    return improved
+
+
+# ---------------------------------------------------------------------------- run: checkpoint, summary
+def _save(run: _Run, pointers: tuple[str, ...]) -> None:
+    """Checkpoint the run and point `pointers` ("last", "best") at it. Every process must
+    call it (the RNG states are gathered); only the main process writes."""
+    rng = _rng_states(run.ctx)
+    if run.ctx.main:
+        run.runlog.flush()
+        checkpoint.save(run.ckpt_dir, run.net, run.optimizer, run.progress, pointers, rng)
+
+
+def _finish(run: _Run) -> dict:
+    """Evaluate the best checkpoint on every split and write summary.json; returns the
+    summary (an empty dict on the processes other than the main one)."""
+    run.runlog.close()
+    distributed.barrier(run.ctx)  # the best checkpoint is on disk before anyone reads it
+    checkpoint.restore(run.net, checkpoint.load_model(run.ckpt_dir, "best"), run.ckpt_dir, "best")
+    results = {split: evaluate(run.net, ds, run.data.info, run.batch_size, run.device, run.ctx)
+               for split, ds in run.data.splits.items()}  # fmt: skip
+    if not run.ctx.main:
         return {}
+    progress, cfg = run.progress, run.cfg
     summary = {
         "model": cfg["model"],
         "task": cfg.get("task") or cfg.get("data"),
-        "metric": metric_name,
+        "metric": run.metric_name,
         "best_epoch": progress["best_epoch"],
         "epochs_trained": progress["epoch"],
         "stopped_early": bool(progress.get("stopped_early")),
         "results": results,
-        "param_count": sum(p.numel() for p in net.parameters()),
-        "processes": ctx.world,
-        "wall_seconds": round(time.perf_counter() - start_time, 1),
-        "run_dir": str(run_dir),
+        "param_count": sum(p.numel() for p in run.net.parameters()),
+        "processes": run.ctx.world,
+        "wall_seconds": round(time.perf_counter() - run.start_time, 1),
+        "run_dir": str(run.run_dir),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -1,7 +1,7 @@
 """Data: the in-memory dataset and its batching, file readers, and the built-in tasks.
 
 SequenceDataset, collate, seeded_split          (dataset.py)
-load_file, read_ts, read_npz, save_npz          (formats.py)
+load_file, read_ts, read_npz, save_npz          (formats.py; ts_format.py, npz_format.py)
 get_task, list_tasks, Task                      (tasks/)
 Standardize, fit_standardization                (scaling.py)
 """

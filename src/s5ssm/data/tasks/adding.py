@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dataset import SequenceDataset
-from .base import Task, equal_length_inputs, split_rng
+from .base import Task, equal_length_inputs, model_defaults, split_rng
 
 NAME = "adding"
 DEFAULT_OPTIONS = {"length": 1000}
@@ -58,24 +58,16 @@ def build(**options) -> Task:
         input_dim=2,
         output_dim=1,
         generator=_generate,
-        model_defaults=dict(
+        model_defaults=model_defaults(
             hidden_size=64,
             state_size=64,
             blocks=4,
             num_layers=4,
-            dropout=0.0,
             pooling="last",
             # BatchNorm: a LayerNorm over the features of one step rescales the encoded
             # (value, marker) pair per step, and the model stays at the mean predictor
             # (MSE 0.167) where BatchNorm solves L = 100 in two epochs
             norm="batch",
-            prenorm=True,
-            activation="half_glu1",
-            bidirectional=False,
-            C_init="trunc_standard_normal",
-            dt_min=0.001,
-            dt_max=0.1,
-            clip_eigs=False,
         ),
         train_defaults=dict(epochs=20, batch_size=50, ssm_lr=0.001, lr_factor=4, weight_decay=0.01, warmup_epochs=1),
         options=opts,

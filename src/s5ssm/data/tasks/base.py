@@ -22,12 +22,53 @@ import numpy as np
 from ..dataset import SequenceDataset
 from ..formats import atomic_savez
 
-__all__ = ["Task", "SPLITS", "SPLIT_STREAM", "split_rng", "default_cache_dir", "cached_arrays", "equal_length_inputs"]
+__all__ = [
+    "Task",
+    "model_defaults",
+    "SPLITS",
+    "SPLIT_STREAM",
+    "split_rng",
+    "default_cache_dir",
+    "cached_arrays",
+    "equal_length_inputs",
+]
 
 SPLITS = ("train", "val", "test")
 SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 KINDS = ("classification", "regression")
 METRICS = ("accuracy", "mse")
+
+# The S5Model settings every built-in task starts from; a task states only what it changes.
+SHARED_MODEL_DEFAULTS = {
+    "dropout": 0.0,
+    "norm": "batch",
+    "prenorm": True,
+    "activation": "half_glu1",
+    "bidirectional": False,
+    "C_init": "trunc_standard_normal",
+    "dt_min": 0.001,
+    "dt_max": 0.1,
+    "clip_eigs": False,
+}
+# The sizes and the pooling are always a task's own; MODEL_KEY_ORDER is the order of a
+# task's model_defaults (after any key outside it, such as encoder).
+TASK_MODEL_KEYS = ("hidden_size", "state_size", "blocks", "num_layers", "pooling")
+MODEL_KEY_ORDER = ("hidden_size", "state_size", "blocks", "num_layers", "dropout", "pooling", "norm", "prenorm",
+                   "activation", "bidirectional", "C_init", "dt_min", "dt_max", "clip_eigs")  # fmt: skip
+
+
+def model_defaults(**settings) -> dict:
+    """A task's S5Model keyword arguments: SHARED_MODEL_DEFAULTS updated by `settings`.
+
+    `settings` must give every TASK_MODEL_KEYS entry. Keys outside MODEL_KEY_ORDER come
+    first, then MODEL_KEY_ORDER's keys in that order.
+    """
+    missing = [key for key in TASK_MODEL_KEYS if key not in settings]
+    if missing:
+        raise ValueError(f"model_defaults: a task must give its own {', '.join(missing)}")
+    merged = {**SHARED_MODEL_DEFAULTS, **settings}
+    extra = {key: value for key, value in settings.items() if key not in MODEL_KEY_ORDER}
+    return {**extra, **{key: merged[key] for key in MODEL_KEY_ORDER}}
 
 
 def split_rng(seed: int, split: str, *extra: int) -> np.random.Generator:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dataset import SequenceDataset
-from .base import Task, equal_length_inputs, split_rng
+from .base import Task, equal_length_inputs, model_defaults, split_rng
 
 NAME = "copying"
 DEFAULT_OPTIONS = {"length": 1000}
@@ -70,21 +70,13 @@ def build(**options) -> Task:
         vocab_size=VOCAB_SIZE,
         output_dim=NUM_SYMBOLS,
         generator=_generate,
-        model_defaults=dict(
+        model_defaults=model_defaults(
             hidden_size=64,
             state_size=64,
             blocks=4,
             num_layers=4,
-            dropout=0.0,
             pooling="last",
             norm="layer",
-            prenorm=True,
-            activation="half_glu1",
-            bidirectional=False,
-            C_init="trunc_standard_normal",
-            dt_min=0.001,
-            dt_max=0.1,
-            clip_eigs=False,
         ),
         train_defaults=dict(epochs=30, batch_size=64, ssm_lr=0.001, lr_factor=4, weight_decay=0.01, warmup_epochs=1),
         options=opts,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dataset import SequenceDataset
-from .base import Task, equal_length_inputs
+from .base import Task, equal_length_inputs, model_defaults
 
 NAME = "digits"
 DEFAULT_OPTIONS = {"permuted": False, "permutation_seed": 0}
@@ -108,21 +108,13 @@ def build(**options) -> Task:
         input_dim=1,
         output_dim=10,
         generator=_generate,
-        model_defaults=dict(
+        model_defaults=model_defaults(
             hidden_size=64,
             state_size=64,
             blocks=4,
             num_layers=4,
             dropout=0.1,
             pooling="mean",
-            norm="batch",
-            prenorm=True,
-            activation="half_glu1",
-            bidirectional=False,
-            C_init="trunc_standard_normal",
-            dt_min=0.001,
-            dt_max=0.1,
-            clip_eigs=False,
         ),
         train_defaults=dict(epochs=50, batch_size=32, ssm_lr=0.002, lr_factor=4, weight_decay=0.01, warmup_epochs=1),
         options=opts,

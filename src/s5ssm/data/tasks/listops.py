@@ -35,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dataset import SequenceDataset
-from .base import Task, cached_arrays, default_cache_dir, split_rng
+from .base import Task, cached_arrays, default_cache_dir, model_defaults, split_rng
 
 NAME = "listops"
 GENERATOR_VERSION = 1
@@ -277,21 +277,15 @@ def build(**options) -> Task:
         output_dim=10,
         generator=_generate,
         # lindermanlab/S5 bin/run_experiments/run_lra_listops.sh
-        model_defaults=dict(
+        model_defaults=model_defaults(
             hidden_size=128,
             state_size=16,
             blocks=8,
             num_layers=8,
-            dropout=0.0,
             pooling="mean",
-            norm="batch",
-            prenorm=True,
             activation="half_glu2",
             bidirectional=True,
             C_init="lecun_normal",
-            dt_min=0.001,
-            dt_max=0.1,
-            clip_eigs=False,
         ),
         train_defaults=dict(epochs=40, batch_size=50, ssm_lr=0.001, lr_factor=3, weight_decay=0.04, warmup_epochs=1),
         options=opts,

@@ -46,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dataset import SequenceDataset
-from .base import Task, cached_arrays, default_cache_dir, equal_length_inputs, split_rng
+from .base import Task, cached_arrays, default_cache_dir, equal_length_inputs, model_defaults, split_rng
 
 NAME = "pathfinder"
 GENERATOR_VERSION = 1
@@ -289,40 +289,28 @@ def build(**options) -> Task:
     opts = {**DEFAULT_OPTIONS, **options}
     resolution = opts["resolution"]
     if resolution >= 128:  # lindermanlab/S5 bin/run_experiments/run_lra_pathx.sh
-        model = dict(
+        model = model_defaults(
             hidden_size=128,
             state_size=256,
             blocks=16,
             num_layers=6,
-            dropout=0.0,
             pooling="mean",
-            norm="batch",
-            prenorm=True,
-            activation="half_glu1",
             bidirectional=True,
             C_init="complex_normal",
             dt_min=0.0001,
-            dt_max=0.1,
-            clip_eigs=False,
         )
         train = dict(epochs=75, batch_size=32, ssm_lr=0.0006, lr_factor=3, weight_decay=0.06, warmup_epochs=1)
         default_splits = (10000, 1000, 1000)
     else:  # run_lra_pathfinder.sh (dt_min lowered at 64 px for the longer sequences)
-        model = dict(
+        model = model_defaults(
             hidden_size=192,
             state_size=256,
             blocks=8,
             num_layers=6,
             dropout=0.05,
             pooling="mean",
-            norm="batch",
-            prenorm=True,
-            activation="half_glu1",
             bidirectional=True,
-            C_init="trunc_standard_normal",
             dt_min=0.001 if resolution <= 32 else 0.0001,
-            dt_max=0.1,
-            clip_eigs=False,
         )
         train = dict(epochs=200, batch_size=64, ssm_lr=0.0009, lr_factor=5, weight_decay=0.03, warmup_epochs=1)
         default_splits = (20000, 2500, 2500)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..dataset import SequenceDataset
-from .base import Task, equal_length_inputs, split_rng
+from .base import Task, equal_length_inputs, model_defaults, split_rng
 
 NAME = "pendulum"
 DEFAULT_OPTIONS = {
@@ -230,22 +230,17 @@ def build(**options) -> Task:
         generator=_generate,
         # lindermanlab/S5 bin/run_experiments/run_pendulum.sh (S5 decodes each step with an MLP),
         # with CRU's image encoder as S5 uses it (s5ssm.encoders; square images of image_size)
-        model_defaults=dict(
+        model_defaults=model_defaults(
             encoder="conv",
             hidden_size=30,
             state_size=16,
             blocks=8,
             num_layers=4,
-            dropout=0.0,
             pooling="none",
             norm="layer",
             prenorm=False,
             activation="half_glu2",
-            bidirectional=False,
-            C_init="trunc_standard_normal",
             dt_min=0.01,
-            dt_max=0.1,
-            clip_eigs=False,
         ),
         train_defaults=dict(epochs=100, batch_size=32, ssm_lr=0.003, lr_factor=4, weight_decay=0.0, warmup_epochs=1),
         options=opts,
