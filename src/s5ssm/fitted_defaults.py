@@ -7,7 +7,7 @@ a training budget of about TARGET_STEPS optimizer steps whatever the data's size
 early stopping on the validation split. Per-step targets keep a causal model read at
 every step. The values were chosen on holdouts of the training splits of public UEA/UCR
 sets, never their test splits (benchmarks/ucr_screen.py, its results in
-benchmarks/results/ucr-screen.jsonl; benchmarks/ucr.sh reports the test splits against
+benchmarks/ucr_screen_results.jsonl; benchmarks/ucr.sh reports the test splits against
 MiniRocket).
 
 Every setting here is a default: an option given on the command line, in --config or
