@@ -2,7 +2,8 @@
 
 Whole-sequence labels (classification, one regression target per sequence): a
 bidirectional S5 stack whose steps are encoded from a window of 9 steps (encoder="window"),
-read by mean pooling over the valid steps, standardised inputs,
+read by mean pooling over the valid steps, standardised inputs, augmented training batches
+for classification (s5ssm.augment),
 a training budget of about TARGET_STEPS optimizer steps whatever the data's size, and
 early stopping on the validation split. Per-step targets keep a causal model read at
 every step. The values were chosen on holdouts of the training splits of public UEA/UCR
@@ -56,7 +57,8 @@ def for_data(info: dict, train_size: int, given: dict | None = None, model: str 
     if info.get("per_step"):
         settings.update(bidirectional=False, pooling="none")
     else:
-        settings.update(bidirectional=True, pooling="mean")
+        # crops, scaling and mixup of training batches: classification only (not screened for regression)
+        settings.update(bidirectional=True, pooling="mean", augment=info["kind"] == "classification")
         if model == "s5" and not info.get("vocab_size"):  # float inputs: local shapes for the first layer
             settings.update(encoder="window")
     return settings
