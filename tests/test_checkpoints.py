@@ -123,3 +123,13 @@ def test_state_without_progress_keys_is_named(run, capsys):
     assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "'global_step'" in err
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    from s5ssm.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    (tmp_path / "plain.txt").write_text("x")
+    assert os.stat(tmp_path / "atomic.txt").st_mode & 0o777 == os.stat(tmp_path / "plain.txt").st_mode & 0o777

@@ -19,15 +19,24 @@ from safetensors.torch import load as _load_bytes
 from safetensors.torch import save as _save_bytes
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Replace `path` with what `write(handle)` writes, atomically.
 
     Temp file in the same directory, flush, fsync, rename over `path`, fsync the directory.
+    The file gets the permissions a plain open() would give it (0o666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private; give it open()'s mode
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
