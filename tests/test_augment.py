@@ -22,8 +22,22 @@ def test_random_crop_keeps_one_window_of_the_valid_steps():
         rank = mask[row].long().cumsum(0) - 1  # the window is contiguous in the valid steps' order
         kept = rank[cropped[row]]
         assert kept.numel() > 0 and torch.equal(kept, torch.arange(int(kept[0]), int(kept[0]) + kept.numel()))
-        assert 0.5 * int(mask[row].sum()) - 0.5 <= kept.numel() <= int(mask[row].sum())
+        assert max(0.5 * int(mask[row].sum()) - 0.5, 2) <= kept.numel() <= int(mask[row].sum())
     assert len({tuple(r.tolist()) for r in cropped}) > 10  # windows differ from row to row
+
+
+def test_a_crop_keeps_two_steps_where_there_are_two_and_augment_keeps_every_row():
+    torch.manual_seed(4)
+    mask = torch.zeros(50, 6, dtype=torch.bool)
+    mask[:, :3] = True
+    mask[::5, 1:] = False  # every fifth row: one valid step
+    kept = augment.random_crop(mask, min_keep=0.0).sum(1)
+    assert (kept >= mask.sum(1).clamp(max=2)).all() and (kept <= mask.sum(1)).all() and (kept == 2).any()
+    gapped = torch.rand(8, 20) > 0.5
+    gapped[:, 0] = True
+    for _ in range(20):
+        out = augment.augment({"x": torch.randn(8, 20, 1), "mask": gapped, "y": torch.arange(8)})
+        assert out["mask"].any(dim=1).all() and not (out["mask"] & ~gapped).any()
 
 
 def test_random_scale_keeps_each_channel_mean_and_scales_its_deviations():

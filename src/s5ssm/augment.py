@@ -5,7 +5,7 @@ tens of epochs. Each training batch is therefore varied three ways, drawn from t
 global generator (saved in every checkpoint, so a resumed run draws the same):
 
 - crop: each sequence keeps a random window of its valid steps, between CROP_MIN_KEEP of
-  them and all; the rest is masked out (nothing is resized, so the model sees the steps
+  them (and two) and all; the rest is masked out (nothing is resized, so the model sees the steps
   at their own rate).
 - scale: each sequence's channels are scaled about their own mean over the valid steps by
   a factor drawn from [1 - SCALE_SPREAD, 1 + SCALE_SPREAD].
@@ -29,14 +29,14 @@ MIXUP_ALPHA = 0.4
 def random_crop(mask: torch.Tensor, min_keep: float = CROP_MIN_KEEP) -> torch.Tensor:
     """mask (B, L) bool -> the mask of a random window of each row's valid steps.
 
-    The window keeps round(u · n) of the n valid steps of a row (at least one), u uniform
+    The window keeps round(u · n) of the n valid steps of a row (at least min(n, 2)), u uniform
     in [min_keep, 1], starting at a uniform position among the valid steps; rows with no
     valid step stay empty. Valid steps need not be contiguous: the window counts them.
     """
     B = mask.shape[0]
     counts = mask.sum(dim=1)  # (B,)
     keep = (counts.double() * torch.empty(B, dtype=torch.float64).uniform_(min_keep, 1.0)).round().long()
-    keep = torch.minimum(keep.clamp(min=1), counts)
+    keep = torch.minimum(torch.maximum(keep, counts.clamp(max=2)), counts)  # 2 steps or more: BatchNorm needs 2 values
     start = (torch.rand(B, dtype=torch.float64) * (counts - keep + 1).double()).floor().long()
     rank = mask.long().cumsum(dim=1) - 1  # index of each valid step among its row's valid steps
     inside = (rank >= start[:, None].to(mask.device)) & (rank < (start + keep)[:, None].to(mask.device))
@@ -78,6 +78,6 @@ def check_data(info: dict, has_timestamps: bool) -> None:
 def augment(batch: dict) -> dict:
     """A training batch ({"x": (B, L, D) float, "mask": (B, L) bool, "y", ...}) varied by
     crop, scale and mixup (see the module docstring); the input batch is not changed."""
-    mask = random_crop(batch["mask"])
-    x = random_scale(batch["x"], mask)
-    return mixup({**batch, "x": x, "mask": mask})
+    mixed = mixup(batch)  # first: a crop of the mixed mask keeps at least one step of every row
+    mask = random_crop(mixed["mask"])
+    return {**mixed, "x": random_scale(mixed["x"], mask), "mask": mask}
