@@ -16,6 +16,8 @@ def test_whole_sequence_labels_get_a_bidirectional_mean_pooled_model_and_a_step_
     assert small["bidirectional"] is True and small["pooling"] == "mean" and small["standardize"] is True
     assert small["encoder"] == "window" and small["augment"] is True
     assert fitted_defaults.for_data({"kind": "regression"}, 20)["augment"] is False
+    for unfit in ({"vocab_size": 9}, {"timestamps": True}):  # the data --augment refuses
+        assert fitted_defaults.for_data({"kind": "classification", **unfit}, 20)["augment"] is False
     assert "encoder" not in fitted_defaults.for_data({"kind": "classification"}, 20, model="lstm")
     assert "encoder" not in fitted_defaults.for_data({"kind": "classification", "vocab_size": 9}, 20)
     assert small["batch_size"] == 16 and small["epochs"] == fitted_defaults.MAX_EPOCHS  # 2 steps an epoch: capped

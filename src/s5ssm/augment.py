@@ -63,13 +63,18 @@ def mixup(batch: dict, alpha: float = MIXUP_ALPHA) -> dict:
     return mixed
 
 
+def unfit_reason(info: dict, has_timestamps: bool) -> str | None:
+    """Why these augmentations do not fit the data, or None: per-step targets (a crop would
+    hide labelled steps), token inputs (nothing to scale or mix) and timestamped sequences
+    (a mixed pair has no one time axis)."""
+    return ("its targets are per step" if info.get("per_step") else
+            "its inputs are tokens" if info.get("vocab_size") else
+            "its sequences carry timestamps" if has_timestamps else None)  # fmt: skip
+
+
 def check_data(info: dict, has_timestamps: bool) -> None:
-    """Raise ValueError (naming --augment) for data these augmentations do not fit: per-step
-    targets (a crop would hide labelled steps), token inputs (nothing to scale or mix) and
-    timestamped sequences (a mixed pair has no one time axis)."""
-    reason = ("its targets are per step" if info.get("per_step") else
-              "its inputs are tokens" if info.get("vocab_size") else
-              "its sequences carry timestamps" if has_timestamps else None)  # fmt: skip
+    """Raise ValueError (naming --augment) when `unfit_reason` finds one."""
+    reason = unfit_reason(info, has_timestamps)
     if reason:
         raise ValueError(f"--augment applies to float inputs with whole-sequence labels; this data does not fit: "
                          f"{reason} (leave --augment off)")

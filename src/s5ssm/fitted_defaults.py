@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from .augment import unfit_reason
+
 # optimizer steps a run aims at: small sets get many epochs, large ones a few
 TARGET_STEPS = 1000
 MIN_EPOCHS, MAX_EPOCHS = 10, 400
@@ -58,7 +60,8 @@ def for_data(info: dict, train_size: int, given: dict | None = None, model: str 
         settings.update(bidirectional=False, pooling="none")
     else:
         # crops, scaling and mixup of training batches: classification only (not screened for regression)
-        settings.update(bidirectional=True, pooling="mean", augment=info["kind"] == "classification")
+        augment = info["kind"] == "classification" and unfit_reason(info, bool(info.get("timestamps"))) is None
+        settings.update(bidirectional=True, pooling="mean", augment=augment)
         if model == "s5" and not info.get("vocab_size"):  # float inputs: local shapes for the first layer
             settings.update(encoder="window")
     return settings
