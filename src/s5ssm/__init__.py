@@ -8,13 +8,14 @@
 
 from .block import S5Block
 from .export import export
+from .memory import keep_freed_memory
 from .model import S5Model, StreamCache, recommended_defaults
 from .scan import linear_scan
 from .ssm import S5SSM
 
 __version__ = "0.1.0"
 __all__ = ["S5SSM", "S5Block", "S5Model", "StreamCache", "linear_scan", "recommended_defaults", "S5Classifier",
-           "S5Regressor", "export", "__version__"]  # fmt: skip
+           "S5Regressor", "export", "keep_freed_memory", "__version__"]  # fmt: skip
 
 
 def __getattr__(name: str):

@@ -9,7 +9,8 @@ layer's time. Raising the mmap and trim thresholds keeps those blocks for reuse,
 price of a process that holds on to its peak memory.
 
 The `s5ssm` command calls `keep_freed_memory()` for its own process. Library users can
-call it at the start of their script, or set the environment before Python starts:
+call `s5ssm.keep_freed_memory()` at the start of their script (`s5ssm bench --sections
+allocator` shows what it changes), or set the environment before Python starts:
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483647
 The library never changes the allocator on import.
 """

@@ -11,6 +11,8 @@ measured in the same process, interleaved with it (these machines are shared and
     irregular  step_scale [B, L] vs a scalar step_scale (time; memory in `memory`)
     step       model.step per frame at batch 1 vs recomputing a 60-frame window (and vs
                the same step in torch ops, and the exported step in onnxruntime)
+    allocator  the bare scan and the layer in a plain script (`import s5ssm` only) vs
+               after s5ssm.memory.keep_freed_memory(), each side in fresh subprocesses
     memory     peak memory of layer forward+backward per sequence length and backend,
                each cell in a fresh subprocess (see peak.py)
 
@@ -18,8 +20,9 @@ Run as `s5ssm bench [--quick] [--device cpu|cuda] [--sections ...] [--json PATH]
 `python -m s5ssm.bench`. JAX figures appear when jax is installed (`pip install -e .[bench]`),
 on the CPU. With --device cuda the scan, layer, irregular and memory sections run on the
 GPU with the triton backend in place of the compiled CPU one (the layer is also timed
-against the parallel backend, memory is torch's CUDA allocator's peak); step is CPU-only.
-The process keeps freed memory (s5ssm.memory.keep_freed_memory), as the CLI does.
+against the parallel backend, memory is torch's CUDA allocator's peak); step and allocator
+are CPU-only. The process keeps freed memory (s5ssm.memory.keep_freed_memory), as the CLI
+does: the allocator section shows what a script that does not call it gets.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from ..io import atomic_write_text
 from ..memory import keep_freed_memory
 import torch
 
+from .allocator import bench_allocator
 from .peak import bench_memory, bench_memory_cuda
 from .sections import bench_irregular, bench_layer, bench_scan, bench_step
 from .timing import load_average, machine_info
 
-SECTIONS = ("scan", "layer", "irregular", "step", "memory")
+SECTIONS = ("scan", "layer", "irregular", "step", "allocator", "memory")
+CPU_ONLY = ("step", "allocator")
 # the issue's sizes: scan B=8, L=4096, P=128 complex64; layer H=128, state_size=128 conj_sym
 FULL = dict(batch=8, length=4096, state=128, hidden=128, layer_state=128, reference_length=256,
             memory_lengths=[4096, 16384, 65536], memory_ratio_length=16384, frames=400, step_budget_s=20.0)  # fmt: skip
@@ -54,6 +59,7 @@ def run(sections: list[str], quick: bool, repeats: int, device: torch.device = t
         "layer": lambda: bench_layer(size, repeats, device),
         "irregular": lambda: bench_irregular(size, repeats, device),
         "step": lambda: bench_step(size["frames"], size["step_budget_s"]),
+        "allocator": lambda: bench_allocator(size, repeats, rounds=1 if quick else 3),
         "memory": lambda: (bench_memory(size, lengths, ratio_length) if device.type == "cpu"
                            else bench_memory_cuda(size, lengths, ratio_length, device)),  # fmt: skip
     }
@@ -126,6 +132,13 @@ def print_report(results: dict) -> None:
                       f"{t['onnx_over_compiled_step']:.2f}x the compiled step's time")  # fmt: skip
         if r.get("onnx_note"):
             print(f"  {r['onnx_note']}")
+    if "allocator" in results:
+        r = results["allocator"]
+        print(f"\nplain script (import s5ssm) vs keep_freed_memory(), {r['rounds']} fresh processes each:")
+        for what, label in (("scan", "bare linear_scan forward"), ("layer", "layer forward+backward")):
+            t = r[what]
+            print(f"  {label:<25}{t['plain_ms']:8.2f} ms plain, {t['tuned_ms']:8.2f} ms tuned: "
+                  f"{t['speedup']:.2f}x")  # fmt: skip
     if "memory" in results:
         _print_memory(results["memory"])
 
@@ -176,16 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default 15, quick 2)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None,
-                        help=f"default: all ({', '.join(SECTIONS)}); with --device cuda all but step")
+                        help=f"default: all ({', '.join(SECTIONS)}); with --device cuda all but {' and '.join(CPU_ONLY)}")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (the triton backend; default cpu)")
     parser.add_argument("--json", default="bench-results.json", help="where to write the results")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     device = _device(parser, args.device)
-    sections = args.sections or [s for s in SECTIONS if device.type == "cpu" or s != "step"]
-    if device.type == "cuda" and "step" in sections:
-        parser.error("--sections step times the compiled CPU step: run it without --device cuda")
+    sections = args.sections or [s for s in SECTIONS if device.type == "cpu" or s not in CPU_ONLY]
+    for name in CPU_ONLY:
+        if device.type == "cuda" and name in sections:
+            parser.error(f"--sections {name} runs on the CPU only: run it without --device cuda")
     keep_freed_memory()
     results = run(sections, args.quick, args.repeats or (2 if args.quick else 15), device)
     print_report(results)
