@@ -25,7 +25,8 @@ pytest.importorskip("triton")
 from s5ssm import S5SSM, S5Model  # noqa: E402
 from s5ssm.discretize import bilinear, zoh  # noqa: E402
 from s5ssm.scan import cpu, cpu_layer, irregular, linear_scan, nontemporal, reference, resolve_backend  # noqa: E402
-from s5ssm.scan import stack_step, triton_chunks, triton_irregular  # noqa: E402
+from s5ssm.scan import triton_chunks, triton_irregular  # noqa: E402
+from s5ssm.streaming import kernel as streaming_kernel  # noqa: E402
 
 B, L, P = 3, 21, 3
 TOLERANCE = 1e-5
@@ -215,7 +216,7 @@ def _refuse_numba(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a numba kernel was called")
 
-    for module in (cpu, cpu_layer, irregular, nontemporal, stack_step):
+    for module in (cpu, cpu_layer, irregular, nontemporal, streaming_kernel):
         for name, value in vars(module).items():
             if isinstance(value, Dispatcher):
                 monkeypatch.setattr(module, name, refuse)

@@ -1,4 +1,4 @@
-"""The compiled streaming step (s5ssm.streaming, scan/stack_step.py) against the torch-ops step.
+"""The compiled streaming step (s5ssm.streaming, streaming/kernel.py) against the torch-ops step.
 
 The reference is the same model with scan_backend="reference", which keeps `S5Model.step`
 in torch ops (block.recur / ssm.recur).

@@ -3,7 +3,7 @@
 A frame of `S5Model.step` in torch ops is about 50 small ops, each paying PyTorch's
 dispatch cost, so at batch 1 it is bound by dispatch rather than arithmetic. For
 inference on the CPU `S5Model.step` hands the frame to the kernel in
-`scan/stack_step.py` instead, through a `CompiledStep` built once per model:
+`streaming/kernel.py` instead, through a `CompiledStep` built once per model:
 
 - the kernel reads the model's parameters and buffers in place (numpy views, no copies),
   so in-place updates (optimizer steps, `load_state_dict`, `torch.no_grad` edits) are
@@ -31,8 +31,9 @@ import torch
 from numba import typed
 from torch import nn
 
-from .block import LayerNorm, RMSNorm, SequenceBatchNorm
-from .scan import resolve_backend, stack_step
+from ..block import LayerNorm, RMSNorm, SequenceBatchNorm
+from ..scan import resolve_backend
+from . import kernel
 
 # below this batch size the frame runs on one thread (starting numba's threads costs more)
 PARALLEL_MIN_BATCH = 8
@@ -66,13 +67,13 @@ class StreamCache(dict):
 
 
 def _norm_kind(norm: nn.Module) -> int | None:
-    """Index of the norm in stack_step.NORMS, or None if the kernel cannot run it."""
+    """Index of the norm in kernel.NORMS, or None if the kernel cannot run it."""
     if type(norm) is LayerNorm and norm.weight is not None and norm.bias is not None:
-        return stack_step.NORMS.index("layer")
+        return kernel.NORMS.index("layer")
     if type(norm) is RMSNorm:
-        return stack_step.NORMS.index("rms")
+        return kernel.NORMS.index("rms")
     if type(norm) is SequenceBatchNorm and norm.affine and norm.running_mean is not None:
-        return stack_step.NORMS.index("batch")
+        return kernel.NORMS.index("batch")
     return None
 
 
@@ -123,37 +124,45 @@ class CompiledStep:
             self._pack(model)
 
     def _pack(self, model: nn.Module) -> None:
-        """The kernel's arguments (see scan/stack_step.py): live views of the weights, sizes, options."""
+        """The kernel's arguments (see kernel.py): live views of the weights, sizes, options."""
         self.complex_dtype = _COMPLEX_OF[self.dtype]
         self.encode_in_kernel = type(model.encoder) is nn.Linear and model.encoder.bias is not None
         self.num_layers, self.num_states = len(model.layers), model.layers[0].ssm.num_states
         self.hidden_size, self.output_size = model.hidden_size, model.output_size
-        tensors = [*_linear_params(model.encoder if self.encode_in_kernel else None), *_linear_params(model.head)]
+        encoder = _linear_params(model.encoder if self.encode_in_kernel else None)
+        head = _linear_params(model.head)
+        tensors = kernel.pack(kernel.HEAD, {"encoder_weight": encoder[0], "encoder_bias": encoder[1],
+                                            "head_weight": head[0], "head_bias": head[1]})  # fmt: skip
         options, consts = [], []
         for block in model.layers:
             ssm, norm = block.ssm, block.norm
             is_batch = type(norm) is SequenceBatchNorm
-            tensors += [
-                norm.weight, getattr(norm, "bias", None),
-                norm.running_mean if is_batch else None, norm.running_var if is_batch else None,
-                ssm.Lambda_re, ssm.Lambda_im, ssm.log_step, ssm.B, ssm.C, ssm.D,
-                *_linear_params(getattr(block, "out1", None)), *_linear_params(getattr(block, "out2", None)),
-            ]  # fmt: skip
-            options.append([
-                _norm_kind(norm), int(block.prenorm), stack_step.ACTIVATIONS.index(block.activation),
-                int(ssm.discretization == "bilinear"), int(ssm.clip_eigs),
-            ])  # fmt: skip
-            consts.append([norm.eps, ssm.step_rescale, 2.0 if ssm.conj_sym else 1.0])
+            out1, out2 = _linear_params(getattr(block, "out1", None)), _linear_params(getattr(block, "out2", None))
+            tensors += kernel.pack(kernel.LAYER, {
+                "norm_weight": norm.weight, "norm_bias": getattr(norm, "bias", None),
+                "running_mean": norm.running_mean if is_batch else None,
+                "running_var": norm.running_var if is_batch else None,
+                "Lambda_re": ssm.Lambda_re, "Lambda_im": ssm.Lambda_im, "log_step": ssm.log_step,
+                "B": ssm.B, "C": ssm.C, "D": ssm.D,
+                "out1_weight": out1[0], "out1_bias": out1[1], "out2_weight": out2[0], "out2_bias": out2[1],
+            })  # fmt: skip
+            options.append(kernel.pack(kernel.OPTION, {
+                "norm": _norm_kind(norm), "prenorm": int(block.prenorm),
+                "activation": kernel.ACTIVATIONS.index(block.activation),
+                "bilinear": int(ssm.discretization == "bilinear"), "clip_eigs": int(ssm.clip_eigs),
+            }))  # fmt: skip
+            consts.append(kernel.pack(kernel.CONST, {"eps": norm.eps, "step_rescale": ssm.step_rescale,
+                                                     "output_scale": 2.0 if ssm.conj_sym else 1.0}))  # fmt: skip
         self.numpy_dtype = _NUMPY_OF[self.dtype]
         self.numpy_complex = np.complex64 if self.dtype == torch.float32 else np.complex128
         empty = np.empty(0, dtype=self.numpy_dtype)
         self.weights = typed.List([t.detach().view(-1).numpy() if t is not None else empty for t in tensors])
         embed = model.encoder.in_features if self.encode_in_kernel else self.hidden_size
-        self.dims = np.array(
-            [embed, self.hidden_size, self.num_states, self.num_layers, self.output_size,
-             int(self.encode_in_kernel), int(model.pooling == "mean"), int(model.head is not None)],
-            dtype=np.int64,
-        )  # fmt: skip
+        self.dims = np.array(kernel.pack(kernel.DIM, {
+            "embed": embed, "hidden": self.hidden_size, "states": self.num_states, "layers": self.num_layers,
+            "outputs": self.output_size, "has_encoder": int(self.encode_in_kernel),
+            "mean_pooling": int(model.pooling == "mean"), "has_head": int(model.head is not None),
+        }), dtype=np.int64)  # fmt: skip
         self.options = np.array(options, dtype=np.int64)
         self.consts = np.array(consts, dtype=np.float64)
         self.ones: dict[int, np.ndarray] = {}  # step_scale None, per batch size
@@ -206,8 +215,8 @@ class CompiledStep:
         new_states = np.empty((self.num_layers, batch, self.num_states), dtype=self.numpy_complex)
         new_total = np.empty((batch, self.hidden_size), dtype=self.numpy_dtype)
         out = np.empty((batch, self.output_size), dtype=self.numpy_dtype)
-        kernel = stack_step.stack_step_parallel if batch >= PARALLEL_MIN_BATCH else stack_step.stack_step_serial
-        finite = kernel(
+        run = kernel.stack_step_parallel if batch >= PARALLEL_MIN_BATCH else kernel.stack_step_serial
+        finite = run(
             x_t.numpy(), self.weights, self.dims, self.options, self.consts, step_scale, self.memo_keys,
             self.memo_values, states.numpy(), new_states, total.numpy(), new_total, count, out,
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Compiled CPU kernel: one frame through a whole unidirectional S5 stack (numba).
+"""The compiled streaming kernel: one frame through a whole unidirectional S5 stack (numba).
 
 The reference is `S5Model.step` in torch ops (model.py, block.py, ssm.py `recur`); this
 kernel computes the same frame in one call, for streaming at batch 1 where a frame of
@@ -6,7 +6,7 @@ small torch ops is bound by dispatch (about 50 ops per frame). `s5ssm.streaming`
 model into its arguments; tests/test_stack_step.py checks it against the reference in
 float64 and float32 for every block option.
 
-Per sequence b and layer l (shared/DESIGN.md, with the block of lindermanlab/S5):
+Per sequence b and layer l (the block of lindermanlab/S5):
 
     u   = norm(h) if prenorm else h
     Δ   = step_scale[b] · step_rescale · exp(log_step)                  (P,)
@@ -22,13 +22,13 @@ count) and an optional Linear head.
 Arguments (F = float32 or float64, Z = the complex type of the same precision):
 
     x          F (B, E)           the frame (already encoded when has_encoder is 0)
-    weights    typed List of F 1-D arrays, live views of the model's parameters:
-               [enc_w (H·E), enc_b (H), head_w (O·H), head_b (O)] then per layer the
-               LAYER_SLOTS below (a zero-size array where a slot does not apply)
-    dims       int64 (8,)         E, H, P, num_layers, O, has_encoder, mean_pooling, has_head
-    options    int64 (num_layers, 5)      per layer: norm (index in NORMS), prenorm,
-                                          activation (index in ACTIVATIONS), bilinear, clip_eigs
-    consts     float64 (num_layers, 3)    per layer: norm epsilon, step_rescale, c
+    weights    typed List of F 1-D arrays, live views of the model's parameters: the
+               HEAD slots, then per layer the LAYER slots (a zero-size array where a slot
+               does not apply); `pack_weights` orders them
+    dims       int64 (len(DIM),)              the DIM fields
+    options    int64 (num_layers, len(OPTION))  per layer: the OPTION fields (norm: index in
+                                              NORMS, activation: index in ACTIVATIONS)
+    consts     float64 (num_layers, len(CONST)) per layer: the CONST fields (output_scale: c)
     step_scale float64 (B,)       Δ multiplier per sequence (ones for a plain step)
     memo_keys, memo_values  float64 (num_layers, 3P + 1), complex128 (num_layers, 2P):
                the (Λ_re, Λ_im, log_step, step) a layer was last discretised for and the
@@ -48,24 +48,42 @@ from __future__ import annotations
 
 import cmath
 import math
+from collections import namedtuple
 
 import numba
 import numpy as np
 from numba import prange
 
-# per-layer weight slots, in order
-LAYER_SLOTS = (
+
+
+def _layout(name: str, fields: tuple[str, ...]):
+    """Each field's position in an argument: the kernel reads `arg[DIM.hidden]`, a constant
+    to numba; the packer places values by field name (`pack`)."""
+    return namedtuple(name, fields)(*range(len(fields)))
+
+
+# the weights list: the HEAD slots, then the LAYER slots of each layer in turn
+HEAD = _layout("Head", ("encoder_weight", "encoder_bias", "head_weight", "head_bias"))
+LAYER = _layout("Layer", (
     "norm_weight", "norm_bias", "running_mean", "running_var",
     "Lambda_re", "Lambda_im", "log_step", "B", "C", "D",
     "out1_weight", "out1_bias", "out2_weight", "out2_bias",
-)  # fmt: skip
-N_LAYER_SLOTS = len(LAYER_SLOTS)
-HEAD_SLOTS = 4  # enc_w, enc_b, head_w, head_b
+))  # fmt: skip
+DIM = _layout("Dim", ("embed", "hidden", "states", "layers", "outputs", "has_encoder", "mean_pooling", "has_head"))
+OPTION = _layout("Option", ("norm", "prenorm", "activation", "bilinear", "clip_eigs"))
+CONST = _layout("Const", ("eps", "step_rescale", "output_scale"))
 NORMS = ("layer", "rms", "batch")
 ACTIVATIONS = ("gelu", "full_glu", "half_glu1", "half_glu2")
 # reassociation lets LLVM vectorise the dot products; no assumptions about NaN or Inf
 _FAST = {"reassoc", "contract"}
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def pack(layout, values: dict) -> list:
+    """values, {field: value} with exactly the fields of `layout`, as a list in its order."""
+    if set(values) != set(layout._fields):
+        raise ValueError(f"{type(layout).__name__}: expected the fields {layout._fields}, got {tuple(values)}")
+    return [values[field] for field in layout._fields]
 
 
 @numba.njit(cache=True, fastmath=_FAST)
@@ -140,8 +158,8 @@ def _memo_store(keys, lam_re, lam_im, log_step, step, P):  # pragma: no cover - 
 @numba.njit(cache=True, fastmath=_FAST)
 def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
     """One frame of sequence b (see the module docstring)."""
-    E, H, P, layers, O = dims[0], dims[1], dims[2], dims[3], dims[4]
-    has_encoder, mean_pooling, has_head = dims[5], dims[6], dims[7]
+    E, H, P, layers, O = dims[DIM.embed], dims[DIM.hidden], dims[DIM.states], dims[DIM.layers], dims[DIM.outputs]
+    has_encoder, mean_pooling, has_head = dims[DIM.has_encoder], dims[DIM.mean_pooling], dims[DIM.has_head]
     dtype = x.dtype
     h = np.empty(H, dtype)
     u = np.empty(H, dtype)
@@ -150,18 +168,22 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
     gate = np.empty(H, dtype)
     flat_state = np.empty(2 * P, dtype)  # (re, -im) interleaved: Re(C~ x) is one dot per row
     if has_encoder:
-        _linear(weights[0], weights[1], x[b], h, H, E)
+        _linear(weights[HEAD.encoder_weight], weights[HEAD.encoder_bias], x[b], h, H, E)
     else:
         for i in range(H):
             h[i] = x[b, i]
     for layer in range(layers):
-        norm_kind, prenorm, activation = options[layer, 0], options[layer, 1], options[layer, 2]
-        bilinear, clip_eigs = options[layer, 3], options[layer, 4]
-        eps, step_rescale, c_scale = consts[layer, 0], consts[layer, 1], consts[layer, 2]
-        base = HEAD_SLOTS + layer * N_LAYER_SLOTS
-        norm_w, norm_b, mean, var = weights[base], weights[base + 1], weights[base + 2], weights[base + 3]
-        lam_re, lam_im, log_step = weights[base + 4], weights[base + 5], weights[base + 6]
-        B, C, D = weights[base + 7], weights[base + 8], weights[base + 9]
+        norm_kind, prenorm = options[layer, OPTION.norm], options[layer, OPTION.prenorm]
+        activation = options[layer, OPTION.activation]
+        bilinear, clip_eigs = options[layer, OPTION.bilinear], options[layer, OPTION.clip_eigs]
+        eps, step_rescale = consts[layer, CONST.eps], consts[layer, CONST.step_rescale]
+        c_scale = consts[layer, CONST.output_scale]
+        base = len(HEAD) + layer * len(LAYER)
+        norm_w, norm_b = weights[base + LAYER.norm_weight], weights[base + LAYER.norm_bias]
+        mean, var = weights[base + LAYER.running_mean], weights[base + LAYER.running_var]
+        lam_re, lam_im = weights[base + LAYER.Lambda_re], weights[base + LAYER.Lambda_im]
+        log_step = weights[base + LAYER.log_step]
+        B, C, D = weights[base + LAYER.B], weights[base + LAYER.C], weights[base + LAYER.D]
         if prenorm:
             _norm(norm_kind, norm_w, norm_b, mean, var, eps, h, u, H)
         else:
@@ -204,9 +226,9 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
             for i in range(H):
                 h[i] += act[i]
         else:
-            _linear(weights[base + 12], weights[base + 13], act, gate, H, H)
+            _linear(weights[base + LAYER.out2_weight], weights[base + LAYER.out2_bias], act, gate, H, H)
             if activation == 1:  # full_glu: out1(act) * sigmoid(out2(act))
-                _linear(weights[base + 10], weights[base + 11], act, u, H, H)
+                _linear(weights[base + LAYER.out1_weight], weights[base + LAYER.out1_bias], act, u, H, H)
                 for i in range(H):
                     h[i] += u[i] / (1.0 + math.exp(-gate[i]))
             else:  # half_glu1 gates act, half_glu2 gates y
@@ -221,7 +243,7 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
         if mean_pooling:
             h[i] = new_total[b, i] / (count + 1)
     if has_head:
-        _linear(weights[2], weights[3], h, out[b], O, H)
+        _linear(weights[HEAD.head_weight], weights[HEAD.head_bias], h, out[b], O, H)
     else:
         for i in range(H):
             out[b, i] = h[i]
