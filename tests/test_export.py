@@ -162,8 +162,9 @@ def test_torch_export_programs_equal_the_eager_model(tmp_path):
     check_sequence(model, program, longest=300)  # torch runs the scan step by step in Python
 
 
-def test_bidirectional_and_window_models_export_as_sequence_models_only(tmp_path):
-    model = tiny_model(**RMS, bidirectional=True, C_init="complex_normal", encoder="window", encoder_width=3)
+@pytest.mark.parametrize("encoder", ["window", "fcn"])
+def test_bidirectional_and_window_models_export_as_sequence_models_only(tmp_path, encoder):
+    model = tiny_model(**RMS, bidirectional=True, C_init="complex_normal", encoder=encoder, encoder_width=3)
     check_sequence(model, onnx_sequence(s5ssm.export(model, what="sequence", out=tmp_path / "bi.onnx")))
     with pytest.raises(ValueError, match="what='step': a bidirectional model"):
         s5ssm.export(model, what="step", out=tmp_path / "never.onnx")

@@ -59,8 +59,8 @@ class RNNModel(StandardizedIO, nn.Module):
                            standardize_inputs=standardize_inputs, standardize_outputs=standardize_outputs)  # fmt: skip
         self.pooling = pooling
         self.time_input = time_input
-        if encoder == "window":  # an RNN reads its inputs in order; a centred window would read ahead
-            raise ValueError(f"encoder='window' is for S5 models; the {cell} baseline takes 'linear' or 'conv'")
+        if encoder in ("window", "fcn"):  # an RNN reads its inputs in order; a centred window would read ahead
+            raise ValueError(f"encoder={encoder!r} is for S5 models; the {cell} baseline takes 'linear' or 'conv'")
         self.encoder = build_encoder(encoder, hidden_size, embed_dim, vocab_size, image_shape)
         self.rnn = RNNS[cell](hidden_size + int(time_input), hidden_size, num_layers, batch_first=True,
                               dropout=dropout if num_layers > 1 else 0.0)  # fmt: skip

@@ -8,6 +8,16 @@ encoder="window": each output step reads a centred window of `width` input steps
 so the first S5 layer sees local shapes (slopes, peaks) that a Linear of one step cannot
 show it. It reads width // 2 steps ahead: such a model runs on whole sequences only.
 
+encoder="fcn": the three convolution blocks of FCN (Wang, Yan and Oates 2017, "Time series
+classification from scratch with deep neural networks", a standard baseline of the UCR
+archive), with odd widths so that each window is centred on its step:
+
+    x (B, L, D) -> for width in (width, 5, 3):
+        zero the masked steps -> Conv1d(width, zero padding width // 2) to H channels
+        -> BatchNorm over the valid steps of the batch -> ReLU            -> (B, L, H)
+
+It reads (width // 2) + 2 + 1 steps ahead, whole sequences only like "window".
+
 encoder="conv": each step's features read as one image.
 
 Every step's embed_dim = h·w features are a grayscale image of image_shape (h, w),
@@ -34,7 +44,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-ENCODERS = ("linear", "conv", "window")
+from .block import SequenceBatchNorm
+
+ENCODERS = ("linear", "conv", "window", "fcn")
+FCN_WIDTHS = (5, 3)  # the widths of FCN's second and third blocks (the first: encoder_width)
 CHANNELS = 12  # both convolutions (CRU)
 FEATURES = 30  # the hidden Linear layer (CRU)
 CHUNK = 256  # frames per pass through the CNN (see ConvEncoder.forward)
@@ -77,8 +90,8 @@ def build_encoder(
 ) -> nn.Module:
     """The input encoder of S5Model and the RNN baselines, (B, L, embed_dim) or (B, L)
     tokens -> (B, L, hidden_size): Embedding(vocab_size) for tokens, else Linear(embed_dim)
-    ("linear"), ConvEncoder ("conv") or WindowEncoder ("window", `width` steps). Exactly
-    one of embed_dim and vocab_size."""
+    ("linear"), ConvEncoder ("conv"), WindowEncoder ("window", `width` steps) or FCNEncoder
+    ("fcn", first width `width`). Exactly one of embed_dim and vocab_size."""
     if (embed_dim is None) == (vocab_size is None):
         raise ValueError(
             f"give exactly one of embed_dim (float inputs) and vocab_size (token inputs), "
@@ -86,7 +99,7 @@ def build_encoder(
         )
     if kind not in ENCODERS:
         raise ValueError(f"encoder must be one of {ENCODERS}, got {kind!r}")
-    if kind in ("conv", "window") and vocab_size is not None:
+    if kind != "linear" and vocab_size is not None:
         raise ValueError(f"encoder={kind!r} reads float inputs (embed_dim), not tokens (vocab_size)")
     if image_shape is not None and kind != "conv":
         raise ValueError(f"image_shape is only used with encoder='conv', got image_shape={image_shape!r} "
@@ -97,10 +110,34 @@ def build_encoder(
         return ConvEncoder(conv_image_shape(embed_dim, image_shape), hidden_size)
     if kind == "window":
         return WindowEncoder(embed_dim, hidden_size, width)
+    if kind == "fcn":
+        return FCNEncoder(embed_dim, hidden_size, width)
     return nn.Linear(embed_dim, hidden_size)
 
 
-class WindowEncoder(nn.Module):
+def _check_width(width: object) -> int:
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
+        raise ValueError(f"encoder_width must be a positive odd int (a centred window), got {width!r}")
+    return width
+
+
+def _centred_conv(x: torch.Tensor, mask: torch.Tensor | None, conv: nn.Conv1d) -> torch.Tensor:
+    """conv over time of x (B, L, C) with the masked steps read as zeros -> (B, L, C_out)."""
+    if mask is not None:
+        x = x * mask[..., None].to(x.dtype)
+    return conv(x.transpose(1, 2)).transpose(1, 2)
+
+
+class SequenceEncoder(nn.Module):
+    """An encoder that reads a window around each step: called as encoder(x, mask) on whole
+    sequences; `kind` names it and `look_ahead` says how many steps ahead it reads (a model
+    with one has no step-by-step form)."""
+
+    kind: str
+    look_ahead: int
+
+
+class WindowEncoder(SequenceEncoder):
     """Each step encoded from a centred window of `width` steps (module docstring).
 
     Args:
@@ -110,18 +147,46 @@ class WindowEncoder(nn.Module):
             width // 2 after it (zeros beyond the sequence's ends and at masked steps).
     """
 
+    kind = "window"
+
     def __init__(self, embed_dim: int, hidden_size: int, width: int) -> None:
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1 or width % 2 == 0:
-            raise ValueError(f"encoder_width must be a positive odd int (a centred window), got {width!r}")
-        self.width = width
+        self.width = _check_width(width)
+        self.look_ahead = width // 2
         self.conv = nn.Conv1d(embed_dim, hidden_size, kernel_size=width, padding=width // 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, D), mask bool (B, L) or None -> (B, L, H); masked steps read as zeros."""
-        if mask is not None:
-            x = x * mask[..., None].to(x.dtype)
-        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        return _centred_conv(x, mask, self.conv)
+
+
+class FCNEncoder(SequenceEncoder):
+    """FCN's three convolution blocks (module docstring), widths (width, 5, 3).
+
+    Args:
+        embed_dim: D, the input features per step.
+        hidden_size: H, the channels of every block and the output width.
+        width: the first block's window (odd).
+    """
+
+    kind = "fcn"
+
+    def __init__(self, embed_dim: int, hidden_size: int, width: int) -> None:
+        super().__init__()
+        widths = (_check_width(width), *FCN_WIDTHS)
+        self.look_ahead = sum(w // 2 for w in widths)
+        sizes = (embed_dim,) + (hidden_size,) * len(widths)
+        self.convs = nn.ModuleList(nn.Conv1d(n_in, n_out, kernel_size=w, padding=w // 2)
+                                   for n_in, n_out, w in zip(sizes, sizes[1:], widths))  # fmt: skip
+        self.norms = nn.ModuleList(SequenceBatchNorm(hidden_size) for _ in widths)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D), mask bool (B, L) or None -> (B, L, H); masked steps read as zeros by
+        every block and left out of the batch statistics."""
+        h = x
+        for conv, norm in zip(self.convs, self.norms):
+            h = torch.relu(norm(_centred_conv(h, mask, conv), mask))
+        return h
 
 
 class ConvEncoder(nn.Module):

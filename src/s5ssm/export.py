@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .block import LayerNorm, RMSNorm, S5Block, SequenceBatchNorm
-from .encoders import ConvEncoder, WindowEncoder
+from .encoders import ConvEncoder, FCNEncoder, SequenceEncoder, WindowEncoder
 from .io import atomic_write_bytes
 from .model import CONFIG_NAME, S5Model
 
@@ -157,7 +157,7 @@ class _Graph(nn.Module):
         if isinstance(encoder, ConvEncoder):  # every frame at once (ConvEncoder.forward chunks them)
             frames = encoder.net(x.reshape(-1, 1, *encoder.image_shape))
             return frames.reshape(*x.shape[:-1], frames.shape[-1])
-        if isinstance(encoder, WindowEncoder):
+        if isinstance(encoder, SequenceEncoder):
             return encoder(x, mask)
         return encoder(x)
 
@@ -225,12 +225,12 @@ def check_exportable(model: nn.Module, what: str) -> None:
         raise ValueError(f"dtype: export writes float32 graphs, the model holds {sorted(map(str, dtypes))}; "
                          "convert it with model.float() first")  # fmt: skip
     encoder = model.encoder
-    if type(encoder) not in (nn.Linear, nn.Embedding, ConvEncoder, WindowEncoder):
-        raise ValueError(f"encoder: {type(encoder).__name__} is not exportable (Linear, Embedding, ConvEncoder "
-                         f"or WindowEncoder)")  # fmt: skip
-    if what == "step" and isinstance(encoder, WindowEncoder):
-        raise ValueError(f"what='step': encoder='window' reads {encoder.width // 2} steps ahead, so the model has "
-                         f"no step; export what='sequence'")  # fmt: skip
+    if type(encoder) not in (nn.Linear, nn.Embedding, ConvEncoder, WindowEncoder, FCNEncoder):
+        raise ValueError(f"encoder: {type(encoder).__name__} is not exportable (Linear, Embedding, ConvEncoder, "
+                         f"WindowEncoder or FCNEncoder)")  # fmt: skip
+    if what == "step" and isinstance(encoder, SequenceEncoder):
+        raise ValueError(f"what='step': encoder={encoder.kind!r} reads {encoder.look_ahead} steps ahead, so the "
+                         f"model has no step; export what='sequence'")  # fmt: skip
     if model.head is not None and type(model.head) is not nn.Linear:
         raise ValueError(f"head: {type(model.head).__name__} is not exportable (an nn.Linear)")
     for i, block in enumerate(model.layers):

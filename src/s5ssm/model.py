@@ -1,7 +1,7 @@
 """S5Model: encoder, a stack of S5Blocks, pooling and an optional head.
 
     x (B, L, embed_dim) float, or (B, L) int64 tokens with vocab_size
-      -> encoder (Linear, Embedding, a CNN, or a window of steps)  (B, L, H)
+      -> encoder (Linear, Embedding, a CNN, or convolutions over time)  (B, L, H)
       -> num_layers × S5Block                      (B, L, H)
       -> pooling: "last" | "mean" (mask-aware) | "none"
       -> head Linear(H, output_dim) if output_dim  (B, output_size) or (B, L, output_size)
@@ -30,7 +30,7 @@ from ._checks import (
 )
 from .block import S5Block
 from .data.scaling import StandardizedIO
-from .encoders import WindowEncoder, build_encoder
+from .encoders import SequenceEncoder, build_encoder
 from .io import atomic_write_text, load_safetensors, save_safetensors
 from .streaming import CompiledStep, StreamCache, compiled_step_for
 
@@ -103,10 +103,12 @@ class S5Model(StandardizedIO, nn.Module):
             instead of a Linear encoder (then leave embed_dim None).
         encoder: "linear" (Linear(embed_dim, H), or the Embedding for tokens), "conv":
             each step's embed_dim features are a grayscale image, row-major, read by CRU's
-            small CNN (s5ssm.encoders.ConvEncoder), one frame at a time, or "window":
+            small CNN (s5ssm.encoders.ConvEncoder), one frame at a time, "window":
             each step encoded from a centred window of encoder_width steps
-            (s5ssm.encoders.WindowEncoder; whole sequences only, no `step`).
-        encoder_width: the window's steps (odd) with encoder="window"; unused otherwise.
+            (s5ssm.encoders.WindowEncoder), or "fcn": FCN's three convolution blocks
+            (s5ssm.encoders.FCNEncoder). window and fcn: whole sequences only, no `step`.
+        encoder_width: the window's steps (odd) with encoder="window", the first block's
+            with "fcn"; unused otherwise.
         image_shape: (height, width) of those images, height·width = embed_dim; None
             reads square ones (sqrt(embed_dim) a side). Only with encoder="conv".
         output_dim: add a Linear(H, output_dim) head (logits or regression outputs).
@@ -250,7 +252,7 @@ class S5Model(StandardizedIO, nn.Module):
         """
         x = self._check_inputs(x, mask)
         x = self._scale_in(x)
-        h = self.encoder(x, mask) if isinstance(self.encoder, WindowEncoder) else self.encoder(x)
+        h = self.encoder(x, mask) if isinstance(self.encoder, SequenceEncoder) else self.encoder(x)
         for layer in self.layers:
             h = layer(h, mask=mask, step_scale=step_scale, resets=resets)
         h = self._pool(h, mask)
@@ -261,9 +263,9 @@ class S5Model(StandardizedIO, nn.Module):
         """Raise ValueError unless every output step depends on past and present inputs only."""
         if self.bidirectional:
             raise ValueError(f"{where}: a bidirectional model cannot run step by step")
-        if isinstance(self.encoder, WindowEncoder):
-            raise ValueError(f"{where}: encoder='window' reads {self.encoder.width // 2} steps ahead; a model with it "
-                             f"cannot run step by step")  # fmt: skip
+        if isinstance(self.encoder, SequenceEncoder):
+            raise ValueError(f"{where}: encoder={self.encoder.kind!r} reads {self.encoder.look_ahead} steps ahead; "
+                             f"a model with it cannot run step by step")  # fmt: skip
 
     def init_cache(self, batch_size: int) -> "StreamCache":
         """The streaming state before the first step: per-layer S5 states and pooling sums."""

@@ -37,8 +37,9 @@ TRAIN_HELP = {
     "augment": "vary training batches of whole-sequence labels: random crops, channel scaling, mixup",
     "val_fraction": "share of a --data file's training sequences held out for validation (stratified by class)",
     "encoder": "linear; conv: a small CNN reads each step's features as a grayscale image; window: each step "
-               "is encoded from a centred window of --encoder_width steps (whole sequences only)",
-    "encoder_width": "steps of the window (odd) that --encoder window reads",
+               "is encoded from a centred window of --encoder_width steps; fcn: FCN's three convolution blocks "
+               "(widths --encoder_width, 5, 3; BatchNorm, ReLU) (window and fcn: whole sequences only)",
+    "encoder_width": "steps of the window (odd) that --encoder window reads (fcn: its first block's)",
     "image_shape": "HEIGHTxWIDTH of the images for --encoder conv (e.g. 24x24; unset: square)",
 }
 MODEL_DEFAULTS = {
