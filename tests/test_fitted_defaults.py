@@ -14,8 +14,9 @@ from s5ssm.cli import main
 def test_whole_sequence_labels_get_a_bidirectional_mean_pooled_model_and_a_step_budget():
     small = fitted_defaults.for_data({"kind": "classification", "per_step": False}, 20)
     assert small["bidirectional"] is True and small["pooling"] == "mean" and small["standardize"] is True
-    assert small["encoder"] == "window" and small["augment"] is True
-    assert fitted_defaults.for_data({"kind": "regression"}, 20)["augment"] is False
+    assert small["encoder"] == "fcn" and small["augment"] is True
+    regression = fitted_defaults.for_data({"kind": "regression"}, 20)
+    assert regression["augment"] is False and regression["encoder"] == "window"
     for unfit in ({"vocab_size": 9}, {"timestamps": True}):  # the data --augment refuses
         assert fitted_defaults.for_data({"kind": "classification", **unfit}, 20)["augment"] is False
     assert "encoder" not in fitted_defaults.for_data({"kind": "classification"}, 20, model="lstm")

@@ -1,9 +1,10 @@
 """Training settings fitted to a user's data file (`s5ssm train --data`, the estimators).
 
 Whole-sequence labels (classification, one regression target per sequence): a
-bidirectional S5 stack whose steps are encoded from a window of 9 steps (encoder="window"),
-read by mean pooling over the valid steps, standardised inputs, augmented training batches
-for classification (s5ssm.augment),
+bidirectional S5 stack read by mean pooling over the valid steps, standardised inputs;
+for classification, steps encoded by FCN's three convolution blocks (encoder="fcn") and
+augmented training batches (s5ssm.augment); for regression, steps encoded from a window
+of 9 steps (encoder="window"),
 a training budget of about TARGET_STEPS optimizer steps whatever the data's size, and
 early stopping on the validation split. Per-step targets keep a causal model read at
 every step. The values were chosen on holdouts of the training splits of public UEA/UCR
@@ -63,7 +64,7 @@ def for_data(info: dict, train_size: int, given: dict | None = None, model: str 
         augment = info["kind"] == "classification" and unfit_reason(info, bool(info.get("timestamps"))) is None
         settings.update(bidirectional=True, pooling="mean", augment=augment)
         if model == "s5" and not info.get("vocab_size"):  # float inputs: local shapes for the first layer
-            settings.update(encoder="window")
+            settings.update(encoder="fcn" if info["kind"] == "classification" else "window")
     return settings
 
 
