@@ -8,9 +8,11 @@ port key for key: Lambda_re (P,), Lambda_im (P,), B (P, H, 2), C (H, P, 2) — o
 (H, P, 2) when bidirectional, or C (H, 2P, 2) for bidirectional complex_normal — D (H,),
 log_step (P,). P is the number of states kept: state_size/2 with conj_sym.
 
-Both projections run as real GEMMs on interleaved (real, imag) views, never as complex
-matmuls, and the per-step input scale γ is elementwise, so an irregular step_scale [B, L]
-costs O(B·L·P) on top of the GEMMs.
+The layer holds the parameters and checks the arguments; `forward` normalises the mask and
+step_scale and calls the core, scan.core.s5_core (discretise, project in, scan, project
+out), whose fast paths run both projections as real GEMMs on interleaved (real, imag)
+views and scale the input by γ elementwise, so an irregular step_scale [B, L] costs
+O(B·L·P) on top of the GEMMs.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from numba import prange
 
 from . import cpu, irregular
+from .bridge import as_array, output_like, writable
 
 _SKIP_CHUNKS = 16  # row chunks of the D-term's backward (fixed: the sum's order does not depend on the threads)
 
@@ -125,13 +126,10 @@ def _skip_backward_kernel(g, u, d, d_u, partial):  # pragma: no cover - compiled
 def _skip_backward(grad_y: torch.Tensor, u: torch.Tensor, d: torch.Tensor, with_input: bool):
     """(d D real (H,), grad_y ⊙ D real (B, L, H) or None) for y = ... + D ⊙ u.
     Reference: ((grad_y * u).sum over (B, L), grad_y * d)."""
-    g, x = grad_y.contiguous(), u.contiguous()
-    d_u = torch.empty_like(g) if with_input else g.new_empty(0, g.shape[-1])
-    partial = np.zeros((_SKIP_CHUNKS, g.shape[-1]))
-    _skip_backward_kernel(
-        g.flatten(0, -2).numpy(), x.flatten(0, -2).numpy(), d.detach().contiguous().numpy(),
-        d_u.flatten(0, -2).numpy(), partial,
-    )  # fmt: skip
+    d_u = output_like(grad_y) if with_input else grad_y.new_empty(0, grad_y.shape[-1])
+    partial = np.zeros((_SKIP_CHUNKS, grad_y.shape[-1]))
+    rows = lambda t: t.flatten(0, -2)  # noqa: E731
+    _skip_backward_kernel(as_array(rows(grad_y)), as_array(rows(u)), as_array(d), writable(rows(d_u)), partial)
     d_d = torch.from_numpy(partial.sum(0)).to(d.dtype)
     return d_d, (d_u if with_input else None)
 
