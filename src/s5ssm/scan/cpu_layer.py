@@ -2,9 +2,10 @@
 
     y = Σ_directions Re(C~_d x_d) (·2 with conj_sym) + D ⊙ u,   x_d = scan_d(B̄u)
 
-Reference: the same computation as separate ops, S5SSM._project_in -> linear_scan (or
-irregular_scan) -> S5SSM._project_out (what every other case runs, and what the tests
-compare this with). Autograd cannot reuse a buffer across those ops; one Function can:
+The "cpu" entry of core.CORES (core.fuses says when); reference: core.s5_core_reference,
+and the same computation as separate ops (the input GEMM, cpu.scan or irregular_scan, the
+output GEMMs: what core runs otherwise). Autograd cannot reuse a buffer across those ops;
+one Function can:
 
     forward   B̄u is written by one GEMM; a time-invariant scan overwrites it with its
               states (the irregular scan keeps it: its backward needs B~u); y starts as
@@ -16,7 +17,7 @@ compare this with). Autograd cannot reuse a buffer across those ops; one Functio
 
 A unidirectional layer's forward+backward peaks at 4 tensors of the states' size with a
 scalar step_scale (5 with the separate ops) and 5 with a per-step one (6); `s5ssm bench`,
-memory. Not covered (S5SSM takes the separate ops): a per-sequence step_scale (B,), the
+memory. Not covered (core takes the separate ops): a per-sequence step_scale (B,), the
 final state (return_state), and torch.compile, which sees the separate registered ops.
 
 Shapes: u real (B, L, H); w_in real (2P, H), rows interleaved (re, im): B̄ for
