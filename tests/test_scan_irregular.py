@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from s5ssm import S5SSM, ssm
+from s5ssm import S5SSM
 from s5ssm.discretize import bilinear, zoh
-from s5ssm.scan import irregular, linear_scan
+from s5ssm.scan import core, irregular, linear_scan
 from s5ssm.scan.irregular import irregular_scan
 
 B, L, P = 3, 7, 5
@@ -250,10 +250,10 @@ def test_layer_fused_equals_reference_with_gradients(
 
 def test_layer_takes_the_fused_path_only_for_per_step_scales_on_cpu(monkeypatch):
     fused_calls, discretized = [], []
-    real_scan, real_discretize = irregular._forward_impl, ssm.discretize  # the kernel both fused paths call
+    real_scan, real_discretize = irregular._forward_impl, core.discretize  # the kernel both fused paths call
     monkeypatch.setattr(irregular, "_forward_impl", lambda *a: fused_calls.append(a[2].shape) or real_scan(*a))
     record = lambda *a: discretized.append(getattr(a[3], "shape", a[3])) or real_discretize(*a)  # noqa: E731
-    monkeypatch.setattr(ssm, "discretize", record)
+    monkeypatch.setattr(core, "discretize", record)
     monkeypatch.delenv("S5SSM_SCAN_BACKEND", raising=False)
     layer = S5SSM(3, 8).double()
     u = torch.randn(2, 6, 3, dtype=torch.float64)

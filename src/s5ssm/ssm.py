@@ -8,9 +8,11 @@ port key for key: Lambda_re (P,), Lambda_im (P,), B (P, H, 2), C (H, P, 2) — o
 (H, P, 2) when bidirectional, or C (H, 2P, 2) for bidirectional complex_normal — D (H,),
 log_step (P,). P is the number of states kept: state_size/2 with conj_sym.
 
-Both projections run as real GEMMs on interleaved (real, imag) views, never as complex
-matmuls, and the per-step input scale γ is elementwise, so an irregular step_scale [B, L]
-costs O(B·L·P) on top of the GEMMs.
+The layer holds the parameters and checks the arguments; `forward` normalises the mask and
+step_scale and calls the core, scan.core.s5_core (discretise, project in, scan, project
+out), whose fast paths run both projections as real GEMMs on interleaved (real, imag)
+views and scale the input by γ elementwise, so an irregular step_scale [B, L] costs
+O(B·L·P) on top of the GEMMs.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from ._checks import (
     expect_shape,
     expect_tensor,
     checks_enabled,
-    is_compiling,
 )
-from .discretize import METHODS, discretize, step_sizes
-from .precision import autocast_enabled, autocast_input
-from .scan import cpu_layer, fused_irregular_scan, linear_scan, resolve_backend
+from .discretize import METHODS, discretize
+from .precision import autocast_input
+from .scan import core
 
 FLOATS = (torch.float32, torch.float64)
 # The largest step_rescale / float step_scale: step sizes Δ·scale beyond ~1e38 overflow float32 to
@@ -156,40 +157,23 @@ class S5SSM(nn.Module):
 
     def _input_weight(self, gamma: torch.Tensor | None = None) -> torch.Tensor:
         """B~ (optionally scaled to B̄ = γ B~) as a real (2P, H) matrix, rows interleaved re/im."""
-        B = self.B
-        if gamma is not None:  # γ (P,) complex: fold into the weight, no per-step pass
-            B = torch.view_as_real(gamma[:, None] * torch.view_as_complex(B.contiguous()))
-        return B.transpose(1, 2).reshape(2 * self.num_states, self.hidden_size)
+        return core.input_weight(self.B, gamma)
+
+    def _output_matrices(self) -> tuple[torch.Tensor, ...]:
+        """C~ per direction, real (H, P, 2) each (forward, then reverse)."""
+        if self.bidirectional and hasattr(self, "C1"):
+            return (self.C1, self.C2)
+        if self.bidirectional:
+            return tuple(self.C.chunk(2, dim=1))
+        return (self.C,)
 
     def _output_weights(self) -> list[torch.Tensor]:
         """Re(C~ x) as real (H, 2P) matrices acting on interleaved (re, im) states, one per direction."""
-        scale = 2.0 if self.conj_sym else 1.0
-        sign = torch.tensor([scale, -scale], dtype=self.D.dtype, device=self.D.device)
-        if self.bidirectional and hasattr(self, "C1"):
-            Cs = [self.C1, self.C2]
-        elif self.bidirectional:
-            Cs = list(self.C.chunk(2, dim=1))
-        else:
-            Cs = [self.C]
-        return [(C * sign).reshape(self.hidden_size, 2 * self.num_states) for C in Cs]
+        return core.output_weights(self._output_matrices(), self.conj_sym)
 
     def _complex_linear(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """F.linear(u, w) for a weight with interleaved (re, im) rows (2P, H), as complex
-        (..., P) in the layer's precision: under autocast the GEMM runs in its lower
-        precision and the scan still gets complex64 (complex128 for float64), whatever
-        autocast's op lists on the device do with view_as_complex (the CPU's cast it up)."""
-        return torch.view_as_complex(F.linear(u, w).to(self.D.dtype).unflatten(-1, (self.num_states, 2)))
-
-    def _project_in(self, u: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        """B̄u: real (B, L, H) -> complex (B, L, P)."""
-        folded = gamma.dim() == 1
-        bu = self._complex_linear(u, self._input_weight(gamma if folded else None))
-        return bu if folded else bu * gamma
-
-    def _project_out(self, states: list[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
-        """y = Σ_directions Re(C~ x) (·2 with conj_sym) + D ⊙ u: complex (B, L, P) -> real (B, L, H)."""
-        outs = [F.linear(torch.view_as_real(x).flatten(-2), w) for x, w in zip(states, self._output_weights())]
-        return torch.addcmul(outs[0] if len(outs) == 1 else outs[0] + outs[1], u, self.D)
+        """F.linear(u, w) for a weight with interleaved (re, im) rows (2P, H), as complex (..., P)."""
+        return core.complex_linear(u, w, self.D.dtype)
 
     # ------------------------------------------------------------------ checks
     @property
@@ -279,6 +263,23 @@ class S5SSM(nn.Module):
         Returns:
             y real (B, L, H), or (y, final_state).
         """
+        u, mask, resets, state, step_scale = self._check_forward(u, step_scale, mask, resets, state, return_state)
+        step_scale, padding, resets, reverse_resets = self._normalise(u, step_scale, mask, resets)
+        out = core.s5_core(
+            u, self.continuous_eigenvalues(), self.log_step, self.B, self._output_matrices(), self.D,
+            method=self.discretization, conj_sym=self.conj_sym, step_scale=step_scale, initial_state=state,
+            resets=resets, reverse_resets=reverse_resets, padding=padding, return_states=return_state,
+            backend=self.scan_backend,
+        )  # fmt: skip
+        y, states = out if return_state else (out, None)
+        if mask is not None:
+            y = y * mask[..., None]
+        if not return_state:
+            return y
+        return y, self._final_state(states, state, padding)
+
+    def _check_forward(self, u, step_scale, mask, resets, state, return_state):
+        """The arguments of `forward`, checked (u taken back from autocast's lower precision)."""
         u = self._check_input("u", autocast_input(expect_tensor("u", u), self.D.dtype), dims=3)
         batch, length, _ = u.shape
         if mask is not None:
@@ -292,92 +293,53 @@ class S5SSM(nn.Module):
         if state is not None:
             state = self._check_state(state, batch)
         step_scale = self._check_step_scale(step_scale, batch, length, mask)
-        if resets is not None and mask is not None:
-            # a masked step is removed from the sequence, its reset flag with it
-            resets = resets & mask
+        return u, mask, resets, state, step_scale
 
+    def _normalise(self, u: torch.Tensor, step_scale, mask, resets):
+        """(step_scale, padding, resets, reverse_resets) for the core.
+
+        step_scale comes back as the whole multiplier of exp(log_step): step_rescale times
+        the float, (B,) or (B, L) given. A right-padding mask becomes `padding` (B̄u = 0
+        there); any other mask makes its masked steps steps of length zero (Λ̄ = 1, γ = 0:
+        the state passes through), so step_scale becomes (B, L) with 0 there. A masked
+        step is removed from the sequence, its reset flag with it. An episode starting at
+        step k ends the backward direction's pass at k: the reverse scan clears the state
+        carried from k into k-1, i.e. its reset flags are the resets moved one step left.
+        """
+        batch, length, _ = u.shape
+        if resets is not None and mask is not None:
+            resets = resets & mask
         contiguous = mask is None or is_right_padded(mask)
         if mask is not None and isinstance(step_scale, torch.Tensor) and step_scale.dim() == 2:
             # values at masked steps are unchecked (may be 0, NaN, ...): never let them in
             step_scale = torch.where(mask, step_scale, torch.zeros_like(step_scale))
-        if mask is not None and not contiguous:
-            # A masked step is a step of length zero: Λ̄ = 1, γ = 0, the state passes through.
+        if not contiguous:
             full = step_scale if isinstance(step_scale, torch.Tensor) else None
             if full is None:
                 full = u.new_full((batch, length), 1.0 if step_scale is None else step_scale)
             elif full.dim() == 1:
                 full = full[:, None].expand(batch, length)
             step_scale = torch.where(mask, full, torch.zeros_like(full))
-        padding = mask if contiguous else None
-        # An episode starting at step k ends the backward pass at k: the reverse scan
-        # clears the state carried from k into k-1, i.e. its reset flags move one step left.
-        rev = None
-        if self.bidirectional and resets is not None:
-            rev = torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
-        fused = None if return_state else self._fused_scan(u, step_scale)
-        if fused is not None:
-            scan, w_in = fused
-            y = cpu_layer.s5_core(scan, u, w_in, self._output_weights(), self.D, state, resets, rev, padding)
+        if isinstance(step_scale, torch.Tensor):
+            step_scale = step_scale * self.step_rescale
         else:
-            scan = self._scanner(u, step_scale, padding)
-            xs = scan(state, resets, False)
-            directions = [xs] + ([scan(None, rev, True)] if self.bidirectional else [])
-            y = self._project_out(directions, u)
-        if mask is not None:
-            y = y * mask[..., None]
-        if not return_state:
-            return y
-        if mask is None or not contiguous:
-            return y, xs[:, -1]
-        last = _last_true_index(mask)
-        final = xs[torch.arange(batch, device=u.device), last.clamp(min=0)]
+            step_scale = self.step_rescale * (1.0 if step_scale is None else step_scale)
+        reverse_resets = None
+        if self.bidirectional and resets is not None:
+            reverse_resets = torch.cat([resets[:, 1:], resets.new_zeros(batch, 1)], dim=1)
+        return step_scale, (mask if contiguous else None), resets, reverse_resets
+
+    @staticmethod
+    def _final_state(states: torch.Tensor, state: torch.Tensor | None, padding: torch.Tensor | None):
+        """The state after each sequence's last valid step, complex (B, P): the last state,
+        or with right padding the state at the last True of `padding` (the carried-in
+        state for an empty row)."""
+        if padding is None:
+            return states[:, -1]
+        last = _last_true_index(padding)
+        final = states[torch.arange(states.shape[0], device=states.device), last.clamp(min=0)]
         carried = state if state is not None else torch.zeros_like(final)
-        return y, torch.where((last >= 0)[:, None], final, carried)
-
-    def _fused_scan(self, u: torch.Tensor, step_scale):
-        """(scan, input weight) for scan.cpu_layer (projections and scans in one autograd
-        Function), or None where forward runs the separate ops: another backend, a
-        per-sequence step_scale (B,), torch.compile (which sees the registered ops), or
-        autocast (whose lower-precision GEMMs the separate ops take)."""
-        if resolve_backend(self.scan_backend, u.device) != "cpu" or is_compiling():
-            return None
-        if autocast_enabled(u.device.type):
-            return None
-        if not isinstance(step_scale, torch.Tensor):
-            lambda_bar, gamma = self.discretized(step_scale)
-            return cpu_layer.Invariant(lambda_bar), self._input_weight(gamma)
-        if step_scale.dim() == 2:
-            delta, zoh = step_sizes(self.log_step, self.step_rescale), self.discretization == "zoh"
-            scan = cpu_layer.Irregular(self.continuous_eigenvalues(), delta, step_scale, zoh)
-            return scan, self._input_weight()
-        return None
-
-    def _scanner(self, u: torch.Tensor, step_scale, padding: torch.Tensor | None):
-        """scan(initial_state, resets, reverse) -> complex (B, L, P) states of this input.
-
-        A step_scale per step (B, L) on the cpu or triton backend takes the fused kernel
-        (scan.fused_irregular_scan: Λ̄ and γ computed in the scan, never stored as
-        (B, L, P)); every other case discretises first (γ folded into the input weight when
-        it is shared) and calls linear_scan. `padding`: a right-padding mask whose steps
-        get B̄u = 0.
-        """
-        per_step = isinstance(step_scale, torch.Tensor) and step_scale.dim() == 2
-        irregular_scan = fused_irregular_scan(resolve_backend(self.scan_backend, u.device)) if per_step else None
-        if irregular_scan is not None:
-            v = self._complex_linear(u, self._input_weight())
-            if padding is not None:
-                v = v * padding[..., None]
-            Lambda, delta = self.continuous_eigenvalues(), step_sizes(self.log_step, self.step_rescale)
-            return lambda state, resets, reverse: irregular_scan(
-                Lambda, delta, step_scale, v, self.discretization, initial_state=state, resets=resets, reverse=reverse
-            )
-        lambda_bar, gamma = self.discretized(step_scale)
-        bu = self._project_in(u, gamma)
-        if padding is not None:
-            bu = bu * padding[..., None]
-        return lambda state, resets, reverse: linear_scan(
-            lambda_bar, bu, initial_state=state, resets=resets, reverse=reverse, backend=self.scan_backend
-        )
+        return torch.where((last >= 0)[:, None], final, carried)
 
     def step(
         self,

@@ -12,6 +12,9 @@ Backends (`backend=`):
 The default for "auto" can be changed process-wide with the environment variable
 S5SSM_SCAN_BACKEND (e.g. S5SSM_SCAN_BACKEND=parallel), or per layer with
 S5SSM(scan_backend=...).
+
+The S5 layer's whole core (discretise, project, scan, project, on every backend) is one
+operation beside these: core.s5_core, with its torch reference core.s5_core_reference.
 """
 
 from __future__ import annotations
@@ -58,21 +61,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"backend 'triton' needs CUDA tensors (CPU tensors only in Triton's interpreter, "
                              f"TRITON_INTERPRET=1), got tensors on {device}")  # fmt: skip
     return backend
-
-
-def fused_irregular_scan(backend: str) -> Callable | None:
-    """The irregular_scan of a resolved backend whose kernels discretise per step (Λ̄, γ
-    never stored as (B, L, P)): scan.irregular's for "cpu", scan.triton_irregular's for
-    "triton"; None for the others."""
-    if backend == "cpu":
-        from .irregular import irregular_scan
-
-        return irregular_scan
-    if backend == "triton":
-        from .triton_irregular import irregular_scan
-
-        return irregular_scan
-    return None
 
 
 def _scan_function(backend: str) -> Callable:
@@ -145,4 +133,4 @@ def linear_scan(
     return states
 
 
-__all__ = ["linear_scan", "resolve_backend", "fused_irregular_scan", "BACKENDS"]
+__all__ = ["linear_scan", "resolve_backend", "BACKENDS"]

@@ -2,9 +2,10 @@
 
     y = Σ_directions Re(C~_d x_d) (·2 with conj_sym) + D ⊙ u,   x_d = scan_d(B̄u)
 
-Reference: the same computation as separate ops, S5SSM._project_in -> linear_scan (or
-irregular_scan) -> S5SSM._project_out (what every other case runs, and what the tests
-compare this with). Autograd cannot reuse a buffer across those ops; one Function can:
+The "cpu" entry of core.CORES (core.fuses says when); reference: core.s5_core_reference,
+and the same computation as separate ops (the input GEMM, cpu.scan or irregular_scan, the
+output GEMMs: what core runs otherwise). Autograd cannot reuse a buffer across those ops;
+one Function can:
 
     forward   B̄u is written by one GEMM; a time-invariant scan overwrites it with its
               states (the irregular scan keeps it: its backward needs B~u); y starts as
@@ -16,7 +17,7 @@ compare this with). Autograd cannot reuse a buffer across those ops; one Functio
 
 A unidirectional layer's forward+backward peaks at 4 tensors of the states' size with a
 scalar step_scale (5 with the separate ops) and 5 with a per-step one (6); `s5ssm bench`,
-memory. Not covered (S5SSM takes the separate ops): a per-sequence step_scale (B,), the
+memory. Not covered (core takes the separate ops): a per-sequence step_scale (B,), the
 final state (return_state), and torch.compile, which sees the separate registered ops.
 
 Shapes: u real (B, L, H); w_in real (2P, H), rows interleaved (re, im): B̄ for
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 from numba import prange
 
 from . import cpu, irregular
+from .bridge import as_array, output_like, writable
 
 _SKIP_CHUNKS = 16  # row chunks of the D-term's backward (fixed: the sum's order does not depend on the threads)
 
@@ -125,13 +127,10 @@ def _skip_backward_kernel(g, u, d, d_u, partial):  # pragma: no cover - compiled
 def _skip_backward(grad_y: torch.Tensor, u: torch.Tensor, d: torch.Tensor, with_input: bool):
     """(d D real (H,), grad_y ⊙ D real (B, L, H) or None) for y = ... + D ⊙ u.
     Reference: ((grad_y * u).sum over (B, L), grad_y * d)."""
-    g, x = grad_y.contiguous(), u.contiguous()
-    d_u = torch.empty_like(g) if with_input else g.new_empty(0, g.shape[-1])
-    partial = np.zeros((_SKIP_CHUNKS, g.shape[-1]))
-    _skip_backward_kernel(
-        g.flatten(0, -2).numpy(), x.flatten(0, -2).numpy(), d.detach().contiguous().numpy(),
-        d_u.flatten(0, -2).numpy(), partial,
-    )  # fmt: skip
+    d_u = output_like(grad_y) if with_input else grad_y.new_empty(0, grad_y.shape[-1])
+    partial = np.zeros((_SKIP_CHUNKS, grad_y.shape[-1]))
+    rows = lambda t: t.flatten(0, -2)  # noqa: E731
+    _skip_backward_kernel(as_array(rows(grad_y)), as_array(rows(u)), as_array(d), writable(rows(d_u)), partial)
     d_d = torch.from_numpy(partial.sum(0)).to(d.dtype)
     return d_d, (d_u if with_input else None)
 

@@ -44,13 +44,14 @@ from numba import prange, types
 from numba.extending import intrinsic, overload
 
 from .._checks import expect_bool_mask, expect_dtype, expect_same_device, expect_shape, expect_tensor
-from .cpu import _array, _flags, _op_or_impl, _output_like, _sink, _splits, _state, _task_span, _touch_rows, _writable
+from .bridge import (KernelOp, as_array, differentiable, flags, output_like, sink, state_array, task_span, touch_rows,
+                     writable)
+from .bridge import thread_splits as _splits  # a global of this module: replaceable to force a split
 
 METHODS = ("zoh", "bilinear")
-# Time steps per block of a backwards walk, touched first (cpu._touch_rows). The same value
-# as cpu._BLOCK, but defined here: numba's cache of this file's kernels keeps the globals,
-# and the cpu.py helpers they inline, as they were when compiled, and is refreshed only
-# when this file changes.
+# Time steps per block of a backwards walk, touched first (bridge.touch_rows). The same value
+# as cpu._BLOCK, but defined here: numba's cache of this file's kernels keeps the globals
+# they read as they were when compiled, and is refreshed only when this file changes.
 _BLOCK = 128
 _FLAGS = {"contract"}  # fused multiply-adds (one rounding instead of two); no other fast-math
 
@@ -302,7 +303,7 @@ def _adjoint_sums_row(zoh, lam_delta, delta, s, v, x_prev, q, d_v, acc, d_s_row)
     t2 = conj(Λ̄) dγ = c conj(v) and ∂Λ̄/∂Λ = wΛ̄, ∂Λ̄/∂w = ΛΛ̄, ∂γ/∂Λ = (wΛ̄ - γ)/Λ,
     ∂γ/∂w = Λ̄ (w = Δs), PyTorch's convention gives dΛ += w t1 + conj(1/Λ)(w t2 - conj(γ) dγ),
     dw = Re(conj(Λ) t1 + t2). Λ and Δ are constant per state, so acc sums s·t1, s·t2,
-    conj(γ) dγ = (d v) conj(v) over the steps and `_finalize` applies Λ, Δ once.
+    conj(γ) dγ = (d v) conj(v) over the steps and `finalize` applies Λ, Δ once.
 
     Bilinear: with inv = 1/(1 - wΛ/2) = (Λ̄ + 1)/2, ∂Λ̄/∂Λ = w·inv², ∂Λ̄/∂w = Λ·inv²,
     ∂γ/∂Λ = (w²/2)·inv², ∂γ/∂w = inv²; with t1 = q conj(x_prev), t2 = q conj(v) (q =
@@ -350,7 +351,7 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
     batch, length, size = v.shape
     blocks = (length + _BLOCK - 1) // _BLOCK
     for task in prange(batch * splits):
-        b, _, lo, hi = _task_span(task, splits, size)
+        b, _, lo, hi = task_span(task, splits, size)
         lam_bar = np.empty(hi - lo, dtype=v.dtype)
         gamma = np.empty(hi - lo, dtype=v.dtype)
         x = init[b, lo:hi].copy()  # the carried state
@@ -359,7 +360,7 @@ def _forward_kernel(lam, inv_lam, delta, scale, v, init, resets, reverse, zoh, s
             k0 = (blocks - 1 - q if reverse else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
             if reverse:
-                touched += _touch_rows(v, b, k0, rows, lo, hi) + _touch_rows(out, b, k0, rows, lo, hi)
+                touched += touch_rows(v, b, k0, rows, lo, hi) + touch_rows(out, b, k0, rows, lo, hi)
             for i in range(rows):
                 k = k0 + (rows - 1 - i if reverse else i)
                 _discretize_row(lam[lo:hi], inv_lam[lo:hi], delta[lo:hi], scale[b, k], zoh, lam_bar, gamma)
@@ -374,8 +375,8 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
                      in_place, d_v, acc, d_scale, d_init, sink):  # pragma: no cover - compiled  # fmt: skip
     """The reverse scan with Λ̄, γ recomputed: d_v (B, L, P), is grad if in_place; acc
     (B, 3, P) complex128 zeros, the sums of the gradient rows (one row per sequence, see
-    `_finalize`); d_scale (splits, B, L) float64, one row per block of states; d_init (B, P);
-    sink as in scan/cpu.py.
+    `finalize`); d_scale (splits, B, L) float64, one row per block of states; d_init (B, P);
+    sink as in scan/cpu.py (bridge.touch_rows).
 
     For a forward scan the adjoint walks memory backwards, which this machine's prefetchers
     do not follow (~2x slower here); that walk goes block by block (_BLOCK steps), each
@@ -385,7 +386,7 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
     blocks = (length + _BLOCK - 1) // _BLOCK
     backwards = not reverse  # the adjoint of a forward scan walks backwards through memory
     for task in prange(batch * splits):
-        b, split, lo, hi = _task_span(task, splits, size)
+        b, split, lo, hi = task_span(task, splits, size)
         lam_bar = np.empty(hi - lo, dtype=v.dtype)
         gamma = np.empty(hi - lo, dtype=v.dtype)
         zeros = np.zeros(hi - lo, dtype=v.dtype)  # the carried state at a reset
@@ -403,10 +404,10 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
             k0 = (blocks - 1 - q if backwards else q) * _BLOCK
             rows = min(_BLOCK, length - k0)
             if backwards:
-                touched += _touch_rows(grad, b, k0, rows, lo, hi) + _touch_rows(v, b, k0, rows, lo, hi)
-                touched += _touch_rows(states, b, k0 - 1, rows, lo, hi)
+                touched += touch_rows(grad, b, k0, rows, lo, hi) + touch_rows(v, b, k0, rows, lo, hi)
+                touched += touch_rows(states, b, k0 - 1, rows, lo, hi)
                 if not in_place:
-                    touched += _touch_rows(d_v, b, k0, rows, lo, hi)
+                    touched += touch_rows(d_v, b, k0, rows, lo, hi)
             for i in range(rows):
                 k = k0 + (rows - 1 - i if backwards else i)  # against the scan's direction
                 s = scale[b, k]
@@ -427,15 +428,15 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
 
 
 def _arrays(Lambda, delta, scale, initial_state, v):
-    """The kernels' inputs as NumPy arrays (cpu._array) in v's precision: Λ, 1/Λ (computed
+    """The kernels' inputs as NumPy arrays (bridge.as_array) in v's precision: Λ, 1/Λ (computed
     in complex128) and Δ (P,); scale (B, L); and the initial state (B, P), zeros if None."""
     lam = Lambda.detach().to(torch.complex128)
-    as_numpy = lambda t, dtype: _array(t.to(dtype))  # noqa: E731
+    as_numpy = lambda t, dtype: as_array(t.to(dtype))  # noqa: E731
     return (as_numpy(lam, v.dtype), as_numpy(1 / lam, v.dtype), as_numpy(delta, v.real.dtype),
-            as_numpy(scale, v.real.dtype), _state(initial_state, v.shape[0], v.shape[2], v.dtype))  # fmt: skip
+            as_numpy(scale, v.real.dtype), state_array(initial_state, v.shape[0], v.shape[2], v.dtype))  # fmt: skip
 
 
-def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh: bool):
+def finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh: bool):
     """(dΛ complex (P,), dΔ real (P,)) from the kernel's sums acc (3, P) complex128
     (`_adjoint_sums_row`), in float64 until the final cast."""
     lam, step = Lambda.detach().to(torch.complex128), delta.detach().to(torch.float64)
@@ -451,11 +452,11 @@ def _finalize(acc: torch.Tensor, Lambda: torch.Tensor, delta: torch.Tensor, zoh:
 def _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse: bool, zoh: bool) -> torch.Tensor:
     lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     v = v.contiguous()
-    out = _output_like(v)
+    out = output_like(v)
     batch, length, size = v.shape
     splits = _splits(batch, size)
-    _forward_kernel(lam, inv_lam, dl, sc, _array(v), init, _flags(resets, batch, length), reverse, zoh,
-                    splits, _writable(out), _sink(batch, splits))  # fmt: skip
+    _forward_kernel(lam, inv_lam, dl, sc, as_array(v), init, flags(resets, batch, length), reverse, zoh,
+                    splits, writable(out), sink(batch, splits))  # fmt: skip
     return out
 
 
@@ -468,80 +469,47 @@ def _backward_impl(
     lam, inv_lam, dl, sc, init = _arrays(Lambda, delta, scale, initial_state, v)
     batch, length, size = v.shape
     splits = _splits(batch, size)
-    d_v = grad if in_place else _output_like(v)
+    d_v = grad if in_place else output_like(v)
     acc = torch.zeros(batch, 3, size, dtype=torch.complex128)
     d_scale = np.zeros((splits, batch, length), dtype=np.float64)
     d_init = np.empty_like(init)
     _backward_kernel(
-        lam, inv_lam, dl, sc, _array(v), _array(states), init, _flags(resets, batch, length), reverse, zoh,
-        splits, _array(grad), in_place, _writable(d_v), acc.numpy(), d_scale, d_init, _sink(batch, splits),
+        lam, inv_lam, dl, sc, as_array(v), as_array(states), init, flags(resets, batch, length), reverse, zoh,
+        splits, as_array(grad), in_place, writable(d_v), acc.numpy(), d_scale, d_init, sink(batch, splits),
     )  # fmt: skip
-    d_lam, d_delta = _finalize(acc.sum(dim=0), Lambda, delta, zoh)
+    d_lam, d_delta = finalize(acc.sum(dim=0), Lambda, delta, zoh)
     return d_lam, d_delta, torch.from_numpy(d_scale.sum(axis=0)).to(scale.dtype), d_v, torch.from_numpy(d_init)
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.compile
-
-    @torch.library.custom_op("s5ssm::irregular_scan_forward", mutates_args=())
-    def _forward_op(
-        Lambda: torch.Tensor,
-        delta: torch.Tensor,
-        scale: torch.Tensor,
-        v: torch.Tensor,
-        initial_state: torch.Tensor | None,
-        resets: torch.Tensor | None,
-        reverse: bool,
-        zoh: bool,
-    ) -> torch.Tensor:
-        return _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-
-    @_forward_op.register_fake
-    def _(Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
-        return _output_like(v)
-
-    @torch.library.custom_op("s5ssm::irregular_scan_backward", mutates_args=())
-    def _backward_op(
-        Lambda: torch.Tensor,
-        delta: torch.Tensor,
-        scale: torch.Tensor,
-        v: torch.Tensor,
-        states: torch.Tensor,
-        initial_state: torch.Tensor | None,
-        resets: torch.Tensor | None,
-        reverse: bool,
-        zoh: bool,
-        grad: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _backward_impl(Lambda, delta, scale, v, states, initial_state, resets, reverse, zoh, grad)
-
-    @_backward_op.register_fake
-    def _(Lambda, delta, scale, v, states, initial_state, resets, reverse, zoh, grad):
-        batch, _, size = v.shape
-        return (torch.empty_like(Lambda), torch.empty_like(delta), torch.empty_like(scale), _output_like(v),
-                v.new_empty(batch, size))  # fmt: skip
-
-else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still works)
-    _forward_op, _backward_op = _forward_impl, _backward_impl
+def forward_fake(Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
+    return output_like(v)
 
 
-class _IrregularScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
-        states = _op_or_impl(_forward_op, _forward_impl)(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-        ctx.save_for_backward(Lambda, delta, scale, v, states, initial_state, resets)
-        ctx.reverse, ctx.zoh = reverse, zoh
-        return states
-
-    @staticmethod
-    def backward(ctx, grad):
-        Lambda, delta, scale, v, states, initial_state, resets = ctx.saved_tensors
-        d_lam, d_delta, d_scale, d_v, d_init = _op_or_impl(_backward_op, _backward_impl)(
-            Lambda, delta, scale, v, states, initial_state, resets, ctx.reverse, ctx.zoh, grad
-        )
-        return d_lam, d_delta, d_scale, d_v, d_init if initial_state is not None else None, None, None, None
+def backward_fake(Lambda, delta, scale, v, states, initial_state, resets, reverse, zoh, grad):
+    batch, _, size = v.shape
+    return (torch.empty_like(Lambda), torch.empty_like(delta), torch.empty_like(scale), output_like(v),
+            v.new_empty(batch, size))  # fmt: skip
 
 
-def _check(Lambda, delta, scale, v, initial_state, resets) -> None:
+# The ops' signatures and shapes, shared with triton_irregular.py (same arguments, same results)
+FORWARD_SCHEMA = ("(Tensor Lambda, Tensor delta, Tensor scale, Tensor v, Tensor? initial_state, Tensor? resets, "
+                  "bool reverse, bool zoh) -> Tensor")  # fmt: skip
+BACKWARD_SCHEMA = ("(Tensor Lambda, Tensor delta, Tensor scale, Tensor v, Tensor states, Tensor? initial_state, "
+                   "Tensor? resets, bool reverse, bool zoh, Tensor grad) -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+def backward_inputs(inputs: tuple, states: torch.Tensor) -> tuple:
+    """The arguments of a backward kernel before grad: the forward's, the states after v."""
+    return (*inputs[:4], states, *inputs[4:])
+
+
+_irregular_scan = differentiable(
+    KernelOp("irregular_scan_forward", _forward_impl, FORWARD_SCHEMA, forward_fake),
+    KernelOp("irregular_scan_backward", _backward_impl, BACKWARD_SCHEMA, backward_fake), backward_inputs,
+)
+
+
+def check_inputs(Lambda, delta, scale, v, initial_state, resets) -> None:
     """Raise on a wrong type, dtype, shape or device, naming the argument."""
     v = expect_tensor("v", v)
     expect_dtype("v", v, (torch.complex64, torch.complex128))
@@ -593,13 +561,10 @@ def irregular_scan(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    _check(Lambda, delta, scale, v, initial_state, resets)
+    check_inputs(Lambda, delta, scale, v, initial_state, resets)
     if v.device.type != "cpu":
         raise ValueError(f"v is on {v.device}: irregular_scan runs on CPU tensors")
     real = v.real.dtype
     delta, scale = delta.to(real), scale.to(real)
     zoh = method == "zoh"
-    inputs = (Lambda, delta, scale, v, initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _IrregularScan.apply(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-    return _op_or_impl(_forward_op, _forward_impl)(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
+    return _irregular_scan(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)

@@ -12,7 +12,7 @@ stored: the forward reads v once and writes the states (the chunked scan of
 triton_chunks.py); the backward is the chunked reverse scan of the adjoint, its transition
 conj(Λ̄) of the scan's next step recomputed from that step's s, and reduces in the kernel
 the sums that give dΛ and dΔ (per chunk, (B, chunks, 3, P), finished by
-irregular._finalize) and ds (per block of states, (blocks, B, L)). Only v and the states
+irregular.finalize) and ds (per block of states, (blocks, B, L)). Only v and the states
 are saved for backward: O(B·L·P) memory, as for a scalar step.
 
 The discretisation runs in the data's precision (float32 for complex64). expm1 of the
@@ -27,8 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .cpu import _op_or_impl
-from .irregular import METHODS, _check, _finalize
+from .bridge import KernelOp, differentiable
+from .irregular import (BACKWARD_SCHEMA, FORWARD_SCHEMA, METHODS, backward_fake, backward_inputs, check_inputs,
+                        finalize, forward_fake)
 from .triton_chunks import (Grid, cmul, device, flags, floats, initial, last_row, load_complex, runs_on, scan_tile,
                             store_complex, tile)
 
@@ -211,69 +212,14 @@ def _backward_impl(Lambda, delta, scale, v, states, initial_state, resets, rever
         torch.view_as_real(acc), d_scale, torch.view_as_real(d_init), grid.status, grid.data, batch, length, size,
         grid.lanes, grid.chunks, REVERSE=reverse, HAS_RESETS=resets is not None, ZOH=zoh, **grid.options,
     )  # fmt: skip
-    d_lam, d_delta = _finalize(acc.to(torch.complex128).sum(dim=(0, 1)), Lambda, delta, zoh)
+    d_lam, d_delta = finalize(acc.to(torch.complex128).sum(dim=(0, 1)), Lambda, delta, zoh)
     return d_lam, d_delta, d_scale.sum(dim=0), d_v, d_init
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.compile
-
-    @torch.library.custom_op("s5ssm::triton_irregular_scan_forward", mutates_args=())
-    def _forward_op(
-        Lambda: torch.Tensor,
-        delta: torch.Tensor,
-        scale: torch.Tensor,
-        v: torch.Tensor,
-        initial_state: torch.Tensor | None,
-        resets: torch.Tensor | None,
-        reverse: bool,
-        zoh: bool,
-    ) -> torch.Tensor:
-        return _forward_impl(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-
-    @_forward_op.register_fake
-    def _(Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
-        return torch.empty_like(v, memory_format=torch.contiguous_format)
-
-    @torch.library.custom_op("s5ssm::triton_irregular_scan_backward", mutates_args=())
-    def _backward_op(
-        Lambda: torch.Tensor,
-        delta: torch.Tensor,
-        scale: torch.Tensor,
-        v: torch.Tensor,
-        states: torch.Tensor,
-        initial_state: torch.Tensor | None,
-        resets: torch.Tensor | None,
-        reverse: bool,
-        zoh: bool,
-        grad: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _backward_impl(Lambda, delta, scale, v, states, initial_state, resets, reverse, zoh, grad)
-
-    @_backward_op.register_fake
-    def _(Lambda, delta, scale, v, states, initial_state, resets, reverse, zoh, grad):
-        batch, _, size = v.shape
-        return (torch.empty_like(Lambda), torch.empty_like(delta), torch.empty_like(scale),
-                torch.empty_like(v, memory_format=torch.contiguous_format), v.new_empty(batch, size))  # fmt: skip
-
-else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still works)
-    _forward_op, _backward_op = _forward_impl, _backward_impl
-
-
-class _IrregularScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, Lambda, delta, scale, v, initial_state, resets, reverse, zoh):
-        states = _op_or_impl(_forward_op, _forward_impl)(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-        ctx.save_for_backward(Lambda, delta, scale, v, states, initial_state, resets)
-        ctx.reverse, ctx.zoh = reverse, zoh
-        return states
-
-    @staticmethod
-    def backward(ctx, grad):
-        Lambda, delta, scale, v, states, initial_state, resets = ctx.saved_tensors
-        d_lam, d_delta, d_scale, d_v, d_init = _op_or_impl(_backward_op, _backward_impl)(
-            Lambda, delta, scale, v, states, initial_state, resets, ctx.reverse, ctx.zoh, grad
-        )
-        return d_lam, d_delta, d_scale, d_v, d_init if initial_state is not None else None, None, None, None
+_irregular_scan = differentiable(
+    KernelOp("triton_irregular_scan_forward", _forward_impl, FORWARD_SCHEMA, forward_fake),
+    KernelOp("triton_irregular_scan_backward", _backward_impl, BACKWARD_SCHEMA, backward_fake), backward_inputs,
+)
 
 
 def irregular_scan(
@@ -291,14 +237,11 @@ def irregular_scan(
     of scan.irregular.irregular_scan, on CUDA tensors (CPU tensors in Triton's interpreter)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    _check(Lambda, delta, scale, v, initial_state, resets)
+    check_inputs(Lambda, delta, scale, v, initial_state, resets)
     if not runs_on(v.device):
         raise ValueError(f"v is on {v.device}: the triton irregular_scan runs on CUDA tensors (on CPU tensors only "
                          "in Triton's interpreter, TRITON_INTERPRET=1)")  # fmt: skip
     real = v.real.dtype
     delta, scale = delta.to(real), scale.to(real)
     zoh = method == "zoh"
-    inputs = (Lambda, delta, scale, v, initial_state)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return _IrregularScan.apply(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
-    return _op_or_impl(_forward_op, _forward_impl)(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)
+    return _irregular_scan(Lambda, delta, scale, v, initial_state, resets, reverse, zoh)

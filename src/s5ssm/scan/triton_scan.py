@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .cpu import _op_or_impl
+from .bridge import KernelOp, differentiable
+from .cpu import BACKWARD_SCHEMA, FORWARD_SCHEMA, backward_fake, backward_inputs, forward_fake
 from .triton_chunks import (Grid, cmul, device, flags, floats, initial, last_row, load_complex, scan_tile,
                             store_complex, tile)
 
@@ -170,57 +171,10 @@ def _backward_impl(lambda_bar, states, initial_state, resets, reverse: bool, gra
     return d_lam.reshape(lambda_bar.shape), d_bu, d_init
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4: opaque ops for torch.compile
-
-    @torch.library.custom_op("s5ssm::triton_scan_forward", mutates_args=())
-    def _forward_op(
-        lambda_bar: torch.Tensor,
-        bu: torch.Tensor,
-        initial_state: torch.Tensor | None,
-        resets: torch.Tensor | None,
-        reverse: bool,
-    ) -> torch.Tensor:
-        return _forward_impl(lambda_bar, bu, initial_state, resets, reverse)
-
-    @_forward_op.register_fake
-    def _(lambda_bar, bu, initial_state, resets, reverse):
-        return torch.empty_like(bu, memory_format=torch.contiguous_format)
-
-    @torch.library.custom_op("s5ssm::triton_scan_backward", mutates_args=())
-    def _backward_op(
-        lambda_bar: torch.Tensor,
-        states: torch.Tensor,
-        initial_state: torch.Tensor | None,
-        resets: torch.Tensor | None,
-        reverse: bool,
-        grad: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _backward_impl(lambda_bar, states, initial_state, resets, reverse, grad)
-
-    @_backward_op.register_fake
-    def _(lambda_bar, states, initial_state, resets, reverse, grad):
-        batch, _, size = states.shape
-        d_bu = torch.empty_like(states, memory_format=torch.contiguous_format)
-        return torch.empty_like(lambda_bar), d_bu, states.new_empty(batch, size)
-
-else:  # pragma: no cover - torch 2.3: plain functions (eager autograd still works)
-    _forward_op, _backward_op = _forward_impl, _backward_impl
-
-
-class _Scan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lambda_bar, bu, initial_state, resets, reverse):
-        states = _op_or_impl(_forward_op, _forward_impl)(lambda_bar, bu, initial_state, resets, reverse)
-        ctx.save_for_backward(lambda_bar, states, initial_state, resets)
-        ctx.reverse = reverse
-        return states
-
-    @staticmethod
-    def backward(ctx, grad):
-        lambda_bar, states, initial_state, resets = ctx.saved_tensors
-        backward = _op_or_impl(_backward_op, _backward_impl)
-        d_lam, d_bu, d_init = backward(lambda_bar, states, initial_state, resets, ctx.reverse, grad)
-        return d_lam, d_bu, d_init if initial_state is not None else None, None, None
+_scan = differentiable(
+    KernelOp("triton_scan_forward", _forward_impl, FORWARD_SCHEMA, forward_fake),
+    KernelOp("triton_scan_backward", _backward_impl, BACKWARD_SCHEMA, backward_fake), backward_inputs,
+)
 
 
 def scan(
@@ -231,9 +185,4 @@ def scan(
     resets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Triton scan; same signature and result as `reference.scan` (module docstring)."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (lambda_bar, bu, initial_state)
-    )
-    if not needs_grad:
-        return _op_or_impl(_forward_op, _forward_impl)(lambda_bar, bu, initial_state, resets, reverse)
-    return _Scan.apply(lambda_bar, bu, initial_state, resets, reverse)
+    return _scan(lambda_bar, bu, initial_state, resets, reverse)
