@@ -10,7 +10,7 @@ Same signature and result as `reference.scan`:
     returns        complex (B, L, P) states
 
 Forward: x_k = Λ̄_k x_{k-1} + bu_k, one pass that reads bu once and writes the states once.
-Backward (shared/DESIGN.md), for the forward direction:
+Backward, for the forward direction (the adjoint of the recurrence):
     g_k = dx_k + conj(Λ̄_{k+1}) g_{k+1}      (0 across a reset at k+1)
     d bu_k = g_k,   d Λ̄_k = g_k conj(x_{k-1}) (0 at a reset),   d x_{-1} = conj(Λ̄_0) g_0
 mirrored for reverse. d Λ̄ is summed inside the kernel into its own layout, one row per
@@ -22,24 +22,22 @@ fewer sequences than threads). The kernels see the complex tensors as float arra
 (re, im) interleaved, and so is what they carry from step to step (the state, or the
 gradient carry) while Λ̄ is held in two planes, real and imaginary: the complex
 multiply-add is real arithmetic on few arrays, which LLVM vectorises (it gives up on loops
-whose arrays need many runtime overlap checks). With the carry in planes as well (one
-more array in the loop) the forward was slower. Every input is still read, and every
-output written, once.
+whose arrays need many runtime overlap checks; a carry in planes would add one more
+array to the loop). Every input is read, and every output written, once.
 
 Large outputs (the forward's states, the backward's d bu; at least
 nontemporal.STREAM_BYTES, and not written in place) are stored non-temporally, without
 the read of the old line that a plain store makes: the forward then moves two streams of
 bytes instead of three, and a backwards walk no longer touches the output. The forward's
-streamed step is written as explicit vectors (nontemporal.stream_step): with the memory
-traffic cut, the shuffles of LLVM's own vectorisation showed in its time. The backward
-computes a row of d bu in cache and streams it (nontemporal.store_row).
+streamed step is written as explicit vectors (nontemporal.stream_step), which avoids the
+shuffles LLVM's own vectorisation adds on interleaved pairs. The backward computes a row
+of d bu in cache and streams it (nontemporal.store_row).
 
-A walk backwards through memory (the reverse scan, and the backward of a forward scan)
-runs ~2.5x slower than a forward one on this machine, whose prefetchers do not follow a
-descending stream. Those walks go block by block (_BLOCK steps): each block's rows (the
-inputs, the outputs) are first read in ascending order, one value per cache line
-(bridge.touch_rows), and the recurrence then runs over them from the cache. This was faster
-than copying the block into buffers ascending, running there and copying out.
+A walk backwards through memory (the reverse scan, and the backward of a forward scan) is
+slow on CPUs whose hardware prefetchers follow only ascending streams. Those walks go
+block by block (_BLOCK steps): each block's rows (the inputs, the outputs) are first read
+in ascending order, one value per cache line (bridge.touch_rows), and the recurrence then
+runs over them from the cache, without copies of the block.
 
 Both kernels are registered as torch custom ops (bridge.KernelOp), so torch.compile'd
 code calls them instead of tracing into numba, and joined for autograd by

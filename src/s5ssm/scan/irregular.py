@@ -378,8 +378,8 @@ def _backward_kernel(lam, inv_lam, delta, scale, v, states, init, resets, revers
     `finalize`); d_scale (splits, B, L) float64, one row per block of states; d_init (B, P);
     sink as in scan/cpu.py (bridge.touch_rows).
 
-    For a forward scan the adjoint walks memory backwards, which this machine's prefetchers
-    do not follow (~2x slower here); that walk goes block by block (_BLOCK steps), each
+    For a forward scan the adjoint walks memory backwards, which prefetchers that follow
+    only ascending streams do not help; that walk goes block by block (_BLOCK steps), each
     block's dx, v, x_{k-1} and d v rows touched in ascending order first (as in
     scan/cpu.py)."""
     batch, length, size = v.shape

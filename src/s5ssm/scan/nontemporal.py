@@ -58,9 +58,9 @@ def _last_level_cache_bytes() -> int:
     return max([s for s in sizes if s > 0], default=32 << 20)
 
 
-# Outputs of at least this many bytes are streamed. On the bench machine (32 MiB L3), a
-# scan followed by a GEMM that reads its states was slower streamed for outputs of a few
-# MiB and faster from about this size on (a throwaway A/B; figures in the commit message).
+# Outputs of at least this many bytes are streamed: a quarter of the last-level cache. A
+# smaller output is read back from the cache by what follows the scan (the projection's
+# GEMM), which streaming would send to memory instead.
 STREAM_BYTES = _last_level_cache_bytes() // 4
 
 
