@@ -8,8 +8,11 @@ s5ssm beyond reading the parameter tensors.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,30 @@ if not torch.cuda.is_available():
     # The triton backend's kernels then run in Triton's interpreter on CPU tensors
     # (tests/test_scan_triton.py); it must be on before triton is first imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def clear_stale_numba_caches() -> None:
+    """numba refreshes a kernel's on-disk cache (*.nbi, *.nbc) only when the kernel's own
+    file changes, not the files of the helpers it inlines (scan/bridge.py,
+    scan/discretize_kernel.py): when any source under scan/ or streaming/ changed since the
+    caches were written, all of the package's caches go, so no test runs a stale kernel."""
+    root = Path(importlib.util.find_spec("s5ssm").origin).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.glob("scan/*.py"), *root.glob("streaming/*.py")]):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    stamp = root / "scan" / "__pycache__" / "kernel-sources.sha256"
+    try:
+        if stamp.is_file() and stamp.read_text() == digest.hexdigest():
+            return
+        for cache in root.rglob("*.nb[ic]"):
+            cache.unlink(missing_ok=True)
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest.hexdigest())
+    except OSError:  # a read-only install: its sources do not change either
+        pass
+
+
+clear_stale_numba_caches()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,7 @@ import torch
 
 from s5ssm import S5SSM
 from s5ssm.discretize import bilinear, zoh
-from s5ssm.scan import core, irregular, linear_scan
+from s5ssm.scan import core, discretize_kernel, irregular, linear_scan
 from s5ssm.scan.irregular import irregular_scan
 
 B, L, P = 3, 7, 5
@@ -46,10 +46,10 @@ def max_relative_error(got, want):
 # ---------------------------------------------------------------------------- exp and sin/cos
 @numba.njit
 def _evaluate(x, out):  # pragma: no cover - compiled
-    c = irregular._precision(x)
+    c = discretize_kernel.precision(x)
     for i in range(x.shape[0]):
-        out[0, i], out[1, i] = irregular.exp_expm1(x[i], c)
-        out[2, i], out[3, i] = irregular.sincos(x[i], c)
+        out[0, i], out[1, i] = discretize_kernel.exp_expm1(x[i], c)
+        out[2, i], out[3, i] = discretize_kernel.sincos(x[i], c)
 
 
 def evaluate(x):

@@ -16,8 +16,9 @@ forward spent ~0.2 ms, a tenth of its time, in view_as_real and new_zeros).
 
 numba caches a compiled kernel (cache=True) under its own source file and refreshes it
 only when that file changes: the njit helpers below are compiled into the kernels that
-call them (scan/cpu.py, scan/irregular.py), so after editing one of them touch those
-files (or remove their __pycache__/*.nbi, *.nbc) for the change to reach the kernels.
+call them (scan/cpu.py, scan/irregular.py), so after editing one of them clear the caches
+(`find src -name '*.nb[ic]' -delete`) for the change to reach the kernels; the test suite
+does that itself when a kernel source changed (tests/conftest.py).
 """
 
 from __future__ import annotations

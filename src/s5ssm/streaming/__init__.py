@@ -167,7 +167,7 @@ class CompiledStep:
         self.consts = np.array(consts, dtype=np.float64)
         self.ones: dict[int, np.ndarray] = {}  # step_scale None, per batch size
         self.memo_keys = np.full((self.num_layers, 3 * self.num_states + 1), np.nan)
-        self.memo_values = np.zeros((self.num_layers, 2 * self.num_states), dtype=np.complex128)
+        self.memo_values = np.zeros((self.num_layers, 2, self.num_states), dtype=self.numpy_complex)
 
     def current(self, model: nn.Module) -> bool:
         """True while the model still has the tensors, modules and options this was built from."""

@@ -30,7 +30,7 @@ Arguments (F = float32 or float64, Z = the complex type of the same precision):
                                               NORMS, activation: index in ACTIVATIONS)
     consts     float64 (num_layers, len(CONST)) per layer: the CONST fields (output_scale: c)
     step_scale float64 (B,)       Δ multiplier per sequence (ones for a plain step)
-    memo_keys, memo_values  float64 (num_layers, 3P + 1), complex128 (num_layers, 2P):
+    memo_keys, memo_values  float64 (num_layers, 3P + 1), Z (num_layers, 2, P):
                the (Λ_re, Λ_im, log_step, step) a layer was last discretised for and the
                (Λ̄, γ) it gave; reused while all four are unchanged (compared value by value,
                so any write to the parameters is seen). Start with NaN keys.
@@ -46,13 +46,14 @@ Returns False if x holds a NaN or Inf (outputs are then undefined), else True.
 
 from __future__ import annotations
 
-import cmath
 import math
 from collections import namedtuple
 
 import numba
 import numpy as np
 from numba import prange
+
+from ..scan.discretize_kernel import discretize_row
 
 
 
@@ -124,18 +125,22 @@ def _gelu(x):  # pragma: no cover - compiled
     return x / (1.0 + math.exp(-2.0 * _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
 
 
-@numba.njit(cache=True, fastmath=_FAST)
-def _discretize(lam, delta, bilinear):  # pragma: no cover - compiled
-    """(Λ̄, γ) of one state, as discretize.zoh / discretize.bilinear."""
-    if bilinear:
-        inv = 1.0 / (1.0 - 0.5 * delta * lam)
-        return inv * (1.0 + 0.5 * delta * lam), inv * delta
-    z = lam * delta
-    # exp(z) - 1 without cancellation (discretize._expm1_complex)
-    half_sin = math.sin(0.5 * z.imag)
-    expm1 = complex(math.expm1(z.real) * math.cos(z.imag) - 2.0 * half_sin * half_sin,
-                    math.exp(z.real) * math.sin(z.imag))  # fmt: skip
-    return cmath.exp(z), expm1 / lam
+@numba.njit(cache=True, error_model="numpy")
+def _discretize_layer(lam_re, lam_im, log_step, step, bilinear, clip_eigs, lam_bar, gamma):  # pragma: no cover
+    """lam_bar, gamma (P,) = (Λ̄, γ) of one layer at step scale `step` (discretize_row, in
+    the precision of the states)."""
+    P = lam_bar.shape[0]
+    lam = np.empty(P, lam_bar.dtype)
+    inv_lam = np.empty(P, lam_bar.dtype)
+    delta = np.empty(P, lam_re.dtype)
+    scale = np.empty(1, lam_re.dtype)  # step in the states' precision
+    scale[0] = step
+    for p in range(P):
+        re = min(lam_re[p], -1e-4) if clip_eigs else lam_re[p]
+        lam[p] = complex(re, lam_im[p])
+        inv_lam[p] = 1.0 / lam[p]
+        delta[p] = math.exp(log_step[p])
+    discretize_row(lam, inv_lam, delta, scale[0], not bilinear, lam_bar, gamma)
 
 
 @numba.njit(cache=True)
@@ -190,7 +195,14 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
             for i in range(H):
                 u[i] = h[i]
         step = step_scale[b] * step_rescale
-        fresh = not (use_memo and _memo_matches(memo_keys[layer], lam_re, lam_im, log_step, step, P))
+        if use_memo:
+            lam_bar, gamma = memo_values[layer, 0], memo_values[layer, 1]
+            if not _memo_matches(memo_keys[layer], lam_re, lam_im, log_step, step, P):
+                _discretize_layer(lam_re, lam_im, log_step, step, bilinear, clip_eigs, lam_bar, gamma)
+                _memo_store(memo_keys[layer], lam_re, lam_im, log_step, step, P)
+        else:
+            lam_bar, gamma = np.empty(P, states.dtype), np.empty(P, states.dtype)
+            _discretize_layer(lam_re, lam_im, log_step, step, bilinear, clip_eigs, lam_bar, gamma)
         # x = Λ̄ x + γ (B~ u), B stored (P, H, 2)
         for p in range(P):
             bu_re = 0.0
@@ -199,20 +211,10 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
             for i in range(H):
                 bu_re += row[2 * i] * u[i]
                 bu_im += row[2 * i + 1] * u[i]
-            if fresh:
-                re = min(lam_re[p], -1e-4) if clip_eigs else lam_re[p]
-                lam_bar, gamma = _discretize(complex(re, lam_im[p]), step * math.exp(log_step[p]), bilinear)
-                if use_memo:
-                    memo_values[layer, p] = lam_bar
-                    memo_values[layer, P + p] = gamma
-            else:
-                lam_bar, gamma = memo_values[layer, p], memo_values[layer, P + p]
-            x_new = lam_bar * states[layer, b, p] + gamma * complex(bu_re, bu_im)
+            x_new = lam_bar[p] * states[layer, b, p] + gamma[p] * complex(bu_re, bu_im)
             new_states[layer, b, p] = x_new
             flat_state[2 * p] = x_new.real
             flat_state[2 * p + 1] = -x_new.imag
-        if fresh and use_memo:
-            _memo_store(memo_keys[layer], lam_re, lam_im, log_step, step, P)
         # y = c Re(C~ x) + D u, C stored (H, P, 2)
         for i in range(H):
             acc = 0.0
