@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for name in args.sets:
             train_file, _ = ucr.set_files(args.cache, name)
-            entry = {"tag": args.tag, "set": name, "seed": seed, "params": params,
+            entry = {"tag": args.tag, "set": name, "seed": seed, "params": params, "commit": ucr.git_commit(),
                      **holdout_score(train_file, params, seed)}  # fmt: skip
             print(json.dumps(entry), flush=True)
             with args.out.open("a") as handle:
