@@ -151,8 +151,7 @@ class WindowEncoder(SequenceEncoder):
 
     def __init__(self, embed_dim: int, hidden_size: int, width: int) -> None:
         super().__init__()
-        self.width = _check_width(width)
-        self.look_ahead = width // 2
+        self.look_ahead = _check_width(width) // 2
         self.conv = nn.Conv1d(embed_dim, hidden_size, kernel_size=width, padding=width // 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

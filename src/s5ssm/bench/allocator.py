@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
+
+from .child import ChildFailed, run_child
 
 MODES = ("plain", "tuned")
 
@@ -49,13 +50,12 @@ def measure(mode: str, size: dict, repeats: int) -> dict:
 
 def _child(mode: str, size: dict, repeats: int) -> dict:
     """`measure` in a fresh interpreter; its JSON result."""
-    cmd = [sys.executable, "-m", "s5ssm.bench.allocator", mode, json.dumps(size), str(repeats)]
     # the plain side must not inherit an allocator set through the environment
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench allocator child ({mode}) failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return run_child("s5ssm.bench.allocator", [mode, json.dumps(size), repeats], env, timeout_s=600)
+    except ChildFailed as failure:
+        raise RuntimeError(f"bench allocator child ({mode}) failed: {failure}\n{failure.stderr[-2000:]}") from None
 
 
 def bench_allocator(size: dict, repeats: int, rounds: int = 3) -> dict:

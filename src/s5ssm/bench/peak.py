@@ -31,11 +31,11 @@ import gc
 import json
 import math
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
+
+from .child import ChildFailed, run_child
 
 MODES = ("scalar", "irregular")
 _CACHE: dict[tuple, dict] = {}
@@ -55,24 +55,14 @@ def _mem_available_mib() -> float | None:
 
 def measure(mode: str, length: int, backend: str, size: dict, timeout_s: float = 900) -> dict:
     """One cell in a fresh subprocess; memoised for this process (sections share cells)."""
-    key = (mode, length, backend, size["batch"], size["hidden"], size["layer_state"])
+    args = [mode, length, backend, size["batch"], size["hidden"], size["layer_state"]]
+    key = tuple(args)
     if key in _CACHE:
         return _CACHE[key]
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    env["PYTHONPATH"] = os.pathsep.join([package_root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    args = [mode, length, backend, size["batch"], size["hidden"], size["layer_state"]]
     try:
-        out = subprocess.run([sys.executable, "-m", "s5ssm.bench.peak", *map(str, args)], capture_output=True,
-                             text=True, env=env, timeout=timeout_s)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        result = {"error": f"timed out after {timeout_s:.0f} s"}
-    else:
-        if out.returncode != 0:
-            tail = (out.stderr or "").strip().splitlines()[-1:] or [f"exit code {out.returncode}"]
-            result = {"error": tail[0]}
-        else:
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+        result = run_child("s5ssm.bench.peak", args, dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"), timeout_s)
+    except ChildFailed as failure:
+        result = {"error": str(failure)}
     _CACHE[key] = result
     return result
 
