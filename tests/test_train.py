@@ -69,9 +69,11 @@ def test_train_eval_predict_and_run_directory(tmp_path):
     assert list(csv.reader((tmp_path / "p2.csv").open())) == rows
 
 
-def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, ema):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    args = [*TINY, "--epochs", "3", "--checkpoint_every", "2", "--dropout", "0.2", "--augment"]  # draws from the RNG
+    args = [*TINY, "--epochs", "3", "--checkpoint_every", "2", "--dropout", "0.2", "--augment",  # draws from the RNG
+            "--ema", ema]  # with averaged weights, the checkpoint holds the average and the optimizer's own
     run_cli(["train", *args, "--run_dir", str(whole)])
     # steps per epoch = ceil(60/16) = 4: step 7 is mid-epoch 1, after the step-6 checkpoint
     died = run_cli(["train", *args, "--run_dir", str(killed)], kill="step=7", check=False)
@@ -81,6 +83,10 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path):
     assert summary(killed)["results"] == summary(whole)["results"]
     for name, tensor in final_weights(whole).items():
         assert torch.equal(tensor, final_weights(killed)[name]), name
+    live_whole, live_killed = (checkpoint.load(run / "checkpoints")["live"] for run in (whole, killed))
+    assert live_whole.keys() == live_killed.keys() and bool(live_whole) == (ema != "0")
+    for name, tensor in live_whole.items():
+        assert torch.equal(tensor, live_killed[name]), name
     steps = [r["step"] for r in csv.DictReader((killed / "metrics_steps.csv").open())]
     assert steps == [str(i) for i in range(1, 13)]  # no step logged twice after the resume
 

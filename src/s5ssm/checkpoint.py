@@ -4,8 +4,10 @@ Layout under a run's `checkpoints/` directory:
 
     step-000000120/            one complete checkpoint
         model.safetensors      model.state_dict()
-        optimizer.safetensors  the optimizer's per-parameter state tensors, and the torch RNG
+        optimizer.safetensors  the optimizer's per-parameter state tensors, the torch RNG
                                state of each process ("rng.torch" of rank 0, "rng.torch.R" of rank R)
+                               and, when the model holds averaged weights (s5ssm.averaging), the
+                               weights the optimizer moves ("live.NAME" for parameter NAME)
         state.json             optimizer param_groups, training progress (written last)
     last.json                  {"dir": "step-000000120"}: the pointer to the newest checkpoint
     best.json                  the same for the best validation metric
@@ -69,11 +71,13 @@ def save(
     progress: dict,
     pointers: tuple[str, ...] = ("last",),
     rng_states: list[torch.Tensor] | None = None,
+    live: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint for progress["global_step"] and point `pointers` at it.
 
     rng_states: the torch RNG state of every process of a data-parallel run, by rank
     (default: this process's alone). Save the unwrapped model, not a DistributedDataParallel.
+    live: the parameters the optimizer moves, by name, when `model` holds their average.
     """
     root = Path(root)
     directory = root / f"step-{int(progress['global_step']):09d}"
@@ -83,6 +87,7 @@ def save(
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
         for rank, state in enumerate(rng_states or [torch.get_rng_state()]):
             tensors["rng.torch" + (f".{rank}" if rank else "")] = state
+        tensors.update({f"live.{name}": value for name, value in (live or {}).items()})
         save_safetensors(model.state_dict(), directory / "model.safetensors")
         save_safetensors(tensors, directory / "optimizer.safetensors")
         atomic_write_text(directory / "state.json", json.dumps({"optimizer": meta, "progress": progress}, indent=1))
@@ -174,7 +179,8 @@ def load_model(root: str | Path, name: str = "best") -> dict[str, torch.Tensor]:
 
 
 def load(root: str | Path, name: str = "last") -> dict:
-    """{"model": state_dict, "optimizer": state_dict, "rng": [state per rank], "progress": dict}.
+    """{"model": state_dict, "optimizer": state_dict, "rng": [state per rank], "progress": dict,
+    "live": the optimizer's own parameters by name when the model holds their average, else {}}.
 
     A damaged or missing file raises CheckpointError naming it and how to recover.
     """
@@ -188,11 +194,13 @@ def load(root: str | Path, name: str = "last") -> dict:
     rng = [tensors.pop("rng.torch")]
     while f"rng.torch.{len(rng)}" in tensors:
         rng.append(tensors.pop(f"rng.torch.{len(rng)}"))
+    live = {name[len("live."):]: tensors.pop(name) for name in [n for n in tensors if n.startswith("live.")]}
     return {
         "model": load_model(root, name),
         "optimizer": _read(directory / "state.json", lambda _: _unflatten_optimizer(tensors, meta["optimizer"]), root),
         "rng": rng,
         "progress": meta["progress"],
+        "live": live,
     }
 
 

@@ -126,6 +126,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "image_shape": _image_shape,
     "encoder_width": _odd_width,
     "patience": _finite(0, integer=True),
+    "ema": _finite(0, high=1, open_high=True),
     "val_fraction": _finite(0, strict=True, high=1, open_high=True),
 }
 NULLABLE = ("task", "data", "test_data", "task_options", "image_shape")  # null: not given

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed, precision, rundir, settings
 from .augment import augment, check_data
+from .averaging import WeightAverage
 from .baselines import RNNModel
 from .data import SequenceDataset, collate, get_task, labels, load_file, seeded_split
 from .io import atomic_write_text
@@ -487,6 +488,7 @@ class _Run:
     net: torch.nn.Module  # the model: checkpointed and evaluated
     model: torch.nn.Module  # what trains: net, wrapped in DDP under torchrun and cast to the precision
     optimizer: torch.optim.Optimizer
+    average: WeightAverage | None  # the moving average of net's weights (cfg["ema"]), or None
     scale: torch.Tensor | None  # (T,) regression target scale of the loss, or None
     progress: dict  # epoch, batch, global_step, running sums, best, ..., seconds: all a checkpoint resumes
     runlog: _RunLog
@@ -543,7 +545,8 @@ def _setup(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         torch.manual_seed(_process_seed(int(cfg["seed"]), ctx.rank))
     optimizer = torch.optim.AdamW(parameter_groups(net, cfg))
     steps_per_epoch = distributed.steps_per_epoch(len(train_set), int(cfg["batch_size"]), ctx)
-    progress = _resume_state(cfg, run_dir, ctx, net, optimizer) if resume else _fresh_progress()
+    progress, live = _resume_state(cfg, run_dir, ctx, net, optimizer) if resume else (_fresh_progress(), {})
+    average = _weight_average(net, float(cfg.get("ema") or 0.0), live, resume, run_dir)
     runlog = _RunLog(run_dir, ctx.main, progress["global_step"] + 1 if resume else None, log, extras)
     if resume:
         runlog.truncate(progress)
@@ -552,7 +555,7 @@ def _setup(cfg: dict, run_dir: Path, resume: bool, log, ctx: distributed.Context
         + " / ".join(f"{len(ds)} {name}" for name, ds in data.splits.items()) + " sequences"
         + (f"; {ctx.world} processes at batch size {int(cfg['batch_size'])} each" if ctx.distributed else ""))  # fmt: skip
     model = _training_model(net, cfg, ctx, device)
-    return _Run(cfg, run_dir, ctx, device, log, stop, data, net, model, optimizer, scale, progress, runlog,
+    return _Run(cfg, run_dir, ctx, device, log, stop, data, net, model, optimizer, average, scale, progress, runlog,
                 steps_per_epoch, time.perf_counter() - progress["seconds"])  # fmt: skip
 
 
@@ -584,8 +587,9 @@ def _fresh_progress() -> dict:
 
 
 def _resume_state(cfg: dict, run_dir: Path, ctx: distributed.Context, net: torch.nn.Module,
-                  optimizer: torch.optim.Optimizer) -> dict:  # fmt: skip
-    """Load the last checkpoint into net, optimizer and this process's RNG; return its progress.
+                  optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:  # fmt: skip
+    """Load the last checkpoint into net, optimizer and this process's RNG; return its progress
+    and the optimizer's own weights when net now holds their average (else {}).
 
     Also checks the best checkpoint reads (it is needed at the end) and rewrites config.yaml
     with the settings a resume may change (s5ssm.settings.RESUMABLE, e.g. more epochs)."""
@@ -607,7 +611,31 @@ def _resume_state(cfg: dict, run_dir: Path, ctx: distributed.Context, net: torch
         raise ValueError(f"--epochs {cfg['epochs']}: {run_dir} has already trained {progress['epoch']} epochs")
     if ctx.main:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
-    return progress
+    return progress, state["live"]
+
+
+def _weight_average(net: torch.nn.Module, decay: float, live: dict, resume: bool, run_dir: Path) -> WeightAverage | None:
+    """The moving average of net's weights (decay 0: none). A resumed run's net holds the
+    average; the optimizer's own weights (`live`) go back into it."""
+    if not decay:
+        return None
+    average = WeightAverage(net, decay)
+    if resume:
+        missing = sorted({name for name, _ in net.named_parameters()} - set(live))
+        if missing:
+            path = checkpoint.resolve(run_dir / "checkpoints", "last") / "optimizer.safetensors"
+            raise checkpoint.CheckpointError(f"{path}: no live.{missing[0]} (the weights of an --ema run); damaged, "
+                                             f"or not saved by an --ema run")  # fmt: skip
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p.copy_(live[name])
+    return average
+
+
+def _averaged(run: _Run):
+    """A context in which run.net holds its averaged weights (when averaging); it yields the
+    optimizer's own weights by name, or {}."""
+    return run.average.swapped_in(run.net) if run.average is not None else contextlib.nullcontext({})
 
 
 def _training_model(net: torch.nn.Module, cfg: dict, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
@@ -668,6 +696,8 @@ def _train_step(run: _Run, batch: dict, step: int) -> tuple[float, list]:
     if cfg["grad_clip"]:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg["grad_clip"])
     run.optimizer.step()
+    if run.average is not None:
+        run.average.update(run.net, step)
     return logged, sums
 
 
@@ -677,7 +707,8 @@ def _end_epoch(run: _Run, epoch: int) -> bool:
     progress, metric_name = run.progress, run.metric_name
     total_loss, total_metric, total_count = progress["sums"]  # over all processes
     _share_buffers(run.net, run.ctx)
-    val = evaluate(run.net, run.data.splits["val"], run.data.info, run.batch_size, run.device, run.ctx)
+    with _averaged(run):
+        val = evaluate(run.net, run.data.splits["val"], run.data.info, run.batch_size, run.device, run.ctx)
     row = {"epoch": epoch, "train_loss": total_loss / max(total_count, 1),
            f"train_{metric_name}": total_metric / max(total_count, 1),
            "val_loss": val["loss"], f"val_{metric_name}": val[metric_name],
@@ -704,7 +735,8 @@ def _save(run: _Run, pointers: tuple[str, ...]) -> None:
     rng = _rng_states(run.ctx)
     if run.ctx.main:
         run.runlog.flush()
-        checkpoint.save(run.ckpt_dir, run.net, run.optimizer, run.progress, pointers, rng)
+        with _averaged(run) as live:
+            checkpoint.save(run.ckpt_dir, run.net, run.optimizer, run.progress, pointers, rng, live)
 
 
 def _finish(run: _Run) -> dict:
