@@ -240,3 +240,26 @@ def test_metrics_csv_truncated_to_nothing_keeps_its_header(tmp_path):
     _append_csv(path, {"epoch": 0, "val_loss": 0.5})
     with path.open() as handle:
         assert list(csv.DictReader(handle)) == [{"epoch": "0", "val_loss": "0.5"}]
+
+
+@pytest.mark.parametrize("select_by", ["metric", "loss"])
+def test_the_best_checkpoint_is_the_one_select_by_names(tmp_path, select_by):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "4", "--select_by", select_by, "--run_dir", str(run)]) == 0
+    rows = list(csv.DictReader((run / "metrics_epochs.csv").open()))
+    if select_by == "loss":
+        expected = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))  # the first of equal losses
+    else:
+        expected = min(range(len(rows)), key=lambda i: (-float(rows[i]["val_accuracy"]), float(rows[i]["val_loss"])))
+    assert summary(run)["best_epoch"] == expected
+    assert summary(run)["results"]["val"]["loss"] == pytest.approx(float(rows[expected]["val_loss"]), rel=1e-6)
+
+
+def test_select_by_loss_prefers_the_lower_loss_over_the_higher_accuracy():
+    from s5ssm.trainer import _better
+
+    progress = {"best": 0.9, "best_loss": 0.5}
+    assert not _better("accuracy", 0.8, 0.4, progress, "metric")
+    assert _better("accuracy", 0.8, 0.4, progress, "loss")
+    assert _better("accuracy", 0.9, 0.4, progress, "metric")  # equal accuracy: the lower loss
+    assert not _better("accuracy", 0.95, 0.6, progress, "loss")

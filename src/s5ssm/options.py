@@ -14,7 +14,7 @@ TRAIN_DEFAULTS = {
     "warmup_epochs": 1, "lr_min": 0.0, "grad_clip": 0.0, "opt_config": "standard", "dt_global": False,
     "device": "cpu", "checkpoint_every": 50, "quiet": False,
     "precision": "fp32", "standardize": True, "patience": 0, "val_fraction": 0.2,
-    "augment": False, "ema": 0.0,
+    "augment": False, "ema": 0.0, "select_by": "metric",
 }  # fmt: skip
 TRAIN_HELP = {
     "model": "s5, or an lstm / gru baseline trained by the same harness",
@@ -36,6 +36,8 @@ TRAIN_HELP = {
     "patience": "stop when the validation metric has not improved for this many epochs (0: never)",
     "ema": "validate, checkpoint and predict with an exponential moving average of the weights, this decay "
            "per optimizer step (e.g. 0.99; 0: off)",
+    "select_by": "the best checkpoint (and early stopping) by the validation metric (ties: lower loss), or by "
+                 "the validation loss",
     "augment": "vary training batches of whole-sequence labels: random crops, channel scaling, mixup",
     "val_fraction": "share of a --data file's training sequences held out for validation (stratified by class)",
     "encoder": "linear; conv: a small CNN reads each step's features as a grayscale image; window: each step "

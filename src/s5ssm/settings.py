@@ -127,6 +127,7 @@ RULES: dict[str, Callable[[object], str | None]] = {
     "encoder_width": _odd_width,
     "patience": _finite(0, integer=True),
     "ema": _finite(0, high=1, open_high=True),
+    "select_by": _one_of(("metric", "loss")),
     "val_fraction": _finite(0, strict=True, high=1, open_high=True),
 }
 NULLABLE = ("task", "data", "test_data", "task_options", "image_shape")  # null: not given

@@ -382,10 +382,13 @@ def _plot(run_dir: Path) -> None:
     plt.close(fig)
 
 
-def _better(metric: str, value: float, loss: float, progress: dict) -> bool:
-    """Is this validation result better than the best so far? Equal metrics (frequent on
-    small validation sets) go to the lower loss."""
+def _better(metric: str, value: float, loss: float, progress: dict, select_by: str = "metric") -> bool:
+    """Is this validation result better than the best so far? select_by "metric": the higher
+    accuracy (lower MSE), equal metrics (frequent on small validation sets) going to the
+    lower loss; "loss": the lower loss."""
     best, best_loss = progress["best"], progress.get("best_loss")
+    if select_by == "loss":
+        return best_loss is None or loss < best_loss
     if best is None or value != best:
         return best is None or (value > best if metric == "accuracy" else value < best)
     return best_loss is None or loss < best_loss
@@ -715,13 +718,14 @@ def _end_epoch(run: _Run, epoch: int) -> bool:
            "seconds": round(time.perf_counter() - run.start_time, 2)}  # fmt: skip
     run.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
             f"val loss {val['loss']:.4f} {metric_name} {val[metric_name]:.4f}")  # fmt: skip
-    improved = _better(metric_name, val[metric_name], val["loss"], progress)
+    improved = _better(metric_name, val[metric_name], val["loss"], progress, run.cfg.get("select_by", "metric"))
     patience = int(run.cfg.get("patience") or 0)
     if improved:
         progress.update(best=val[metric_name], best_loss=val["loss"], best_epoch=epoch)
     elif patience and epoch - progress["best_epoch"] >= patience:
         progress["stopped_early"] = True
-        run.log(f"stopping early: no better validation {metric_name} for {patience} epochs (best: epoch "
+        criterion = "loss" if run.cfg.get("select_by") == "loss" else metric_name
+        run.log(f"stopping early: no better validation {criterion} for {patience} epochs (best: epoch "
                 f"{progress['best_epoch']})")  # fmt: skip
     progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - run.start_time)
     run.runlog.epoch(row, progress["global_step"])
