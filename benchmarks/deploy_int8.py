@@ -25,7 +25,8 @@ import torch
 from s5ssm.data import collate
 from s5ssm.export import export
 from s5ssm.options import ALL_DEFAULTS
-from s5ssm.trainer import evaluate, load_run
+from s5ssm.training.build import load_run
+from s5ssm.training.evaluation import evaluate
 
 BATCH = 64
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from s5ssm import augment
 from s5ssm.cli import main
-from s5ssm.trainer import batch_loss
+from s5ssm.training.batches import batch_loss
 
 
 def test_random_crop_keeps_one_window_of_the_valid_steps():

@@ -8,7 +8,7 @@ import torch
 from s5ssm import checkpoint
 from s5ssm.averaging import WeightAverage, decay_at
 from s5ssm.cli import main
-from s5ssm.trainer import load_run
+from s5ssm.training.build import load_run
 
 TINY = ["--task", "digits", "--size", "tiny", "--epochs", "2", "--batch_size", "16", "--hidden_size", "16",
         "--state_size", "8", "--blocks", "1", "--num_layers", "1", "--quiet"]  # fmt: skip
@@ -61,7 +61,7 @@ def test_a_run_validates_saves_and_evaluates_the_average(tmp_path):
     # the evaluated model is the averaged one: its validation loss is the logged one
     _, model, data = load_run(run, "best")
     summary = json.loads((run / "summary.json").read_text())
-    from s5ssm.trainer import evaluate
+    from s5ssm.training.evaluation import evaluate
 
     val = evaluate(model, data.splits["val"], data.info, 16, torch.device("cpu"))
     assert val["loss"] == pytest.approx(summary["results"]["val"]["loss"], rel=1e-6)

@@ -101,7 +101,8 @@ def test_two_processes_train_like_one_process_at_twice_the_batch(tmp_path):
     for split, result in summary(single)["results"].items():
         assert summary(run)["results"][split] == pytest.approx(result, rel=1e-5), split
     # and it trained: the weights moved from the initialisation both runs share
-    from s5ssm.trainer import build_model, load_data
+    from s5ssm.training.build import build_model
+    from s5ssm.training.data import load_data
 
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     torch.manual_seed(cfg["seed"])
@@ -113,7 +114,8 @@ def test_processes_hold_the_same_model(ddp_run):
     """Each process evaluated its share of the validation split with its own copy of the
     model (weights and BatchNorm statistics): the sum equals rank 0's checkpoint evaluated
     whole only if the copies agree."""
-    from s5ssm.trainer import evaluate, load_run
+    from s5ssm.training.build import load_run
+    from s5ssm.training.evaluation import evaluate
 
     run, _ = ddp_run
     cfg, model, data = load_run(run, "last")

@@ -225,12 +225,12 @@ def test_what_cannot_be_exported_is_refused_naming_it(tmp_path):
 
 def test_a_run_with_timestamps_is_refused(tmp_path, monkeypatch):
     """Irregular sampling feeds step_scale per step, an input the graphs do not take."""
-    import s5ssm.trainer
-    from s5ssm.trainer import Data
+    import s5ssm.training.build
+    from s5ssm.training.data import Data
 
     (tmp_path / "config.yaml").write_text("task: pendulum\n")
     loaded = ({}, tiny_model(embed_dim=3), Data(splits={}, info={"timestamps": True}))
-    monkeypatch.setattr(s5ssm.trainer, "load_run", lambda *args, **kwargs: loaded)
+    monkeypatch.setattr(s5ssm.training.build, "load_run", lambda *args, **kwargs: loaded)
     with pytest.raises(ValueError, match="irregular timestamps"):
         s5ssm.export(tmp_path, out=tmp_path / "m.onnx")
 
@@ -294,7 +294,7 @@ def test_cli_exports_a_run_directory(tmp_path):
     out = tmp_path / "step.onnx"
     assert main(["export", str(run), "--what", "step", "--out", str(out)]) == 0
     from s5ssm.options import ALL_DEFAULTS
-    from s5ssm.trainer import load_run
+    from s5ssm.training.build import load_run
 
     _, model, _ = load_run(run, defaults=ALL_DEFAULTS)  # the best checkpoint, as `s5ssm eval` reads it
     check_step(model, *onnx_step(out))

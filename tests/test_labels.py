@@ -10,7 +10,7 @@ import pytest
 from s5ssm.cli import main
 from s5ssm.data import DataFormatError, SequenceDataset, load_file
 from s5ssm.data.labels import class_names, conform
-from s5ssm.trainer import load_data
+from s5ssm.training.data import load_data
 
 SMALL = ["--epochs", "1", "--hidden_size", "8", "--state_size", "4", "--num_layers", "1", "--batch_size", "8",
          "--quiet"]  # fmt: skip

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from s5ssm import checkpoint, rundir, trainer
+from s5ssm import checkpoint, rundir
+from s5ssm.training import runlog
 from s5ssm.cli import main
 
 TINY = ["--task", "digits", "--size", "tiny", "--batch_size", "16", "--hidden_size", "8", "--state_size", "4",
@@ -80,14 +81,14 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path, capsys, monk
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     args = [*TINY, "--epochs", "2", "--checkpoint_every", "0"]
     assert main(["train", *args, "--run_dir", str(whole)]) == 0
-    real_step = trainer._RunLog.step
+    real_step = runlog.RunLog.step
 
     def step_then_ctrl_c(self, row):
         real_step(self, row)
         if row["step"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(trainer._RunLog, "step", step_then_ctrl_c)
+    monkeypatch.setattr(runlog.RunLog, "step", step_then_ctrl_c)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background by a shell
     assert main(["train", *args, "--run_dir", str(stopped)]) == 130
     err = capsys.readouterr().err

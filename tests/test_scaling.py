@@ -12,7 +12,7 @@ import torch
 from s5ssm import S5Model
 from s5ssm.cli import main
 from s5ssm.data import fit_standardization
-from s5ssm.trainer import load_run
+from s5ssm.training.build import load_run
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -78,7 +78,7 @@ def test_a_flag_contradicting_the_config_file_names_the_flag(tmp_path):
 
 
 def test_library_training_validates_too(tmp_path):
-    from s5ssm.trainer import train
+    from s5ssm.training.loop import train
 
     cfg = resolve("--size", "tiny")
     with pytest.raises(SettingError, match="ssm_lr"):

@@ -13,7 +13,7 @@ import torch
 
 from s5ssm import checkpoint
 from s5ssm.cli import main
-from s5ssm.trainer import parameter_groups
+from s5ssm.training.optim import parameter_groups
 
 TINY = ["--task", "digits", "--size", "tiny", "--epochs", "2", "--batch_size", "16", "--hidden_size", "16",
         "--state_size", "8", "--blocks", "1", "--num_layers", "2", "--quiet"]  # fmt: skip
@@ -132,7 +132,7 @@ def test_pendulum_conv_encoder_through_the_cli(tmp_path, capsys):
 
     from s5ssm.cli import build_parser, resolve_config
     from s5ssm.encoders import ConvEncoder
-    from s5ssm.trainer import load_run
+    from s5ssm.training.build import load_run
 
     run = tmp_path / "run"
     args = ["train", "--task", "pendulum", "--size", "tiny", "--epochs", "1", "--quiet", "--run_dir", str(run)]
@@ -228,7 +228,7 @@ def test_parameter_groups_follow_the_paper():
 def test_metrics_csv_truncated_to_nothing_keeps_its_header(tmp_path):
     """Resuming before the first epoch row (a kill inside the epoch-end save) drops every
     row; the header must stay so the rows appended next are still read by name."""
-    from s5ssm.trainer import _append_csv, _truncate_csv
+    from s5ssm.training.runlog import _append_csv, _truncate_csv
 
     path = tmp_path / "metrics_epochs.csv"
     _append_csv(path, {"epoch": 0, "val_loss": 1.5})
@@ -256,7 +256,7 @@ def test_the_best_checkpoint_is_the_one_select_by_names(tmp_path, select_by):
 
 
 def test_select_by_loss_prefers_the_lower_loss_over_the_higher_accuracy():
-    from s5ssm.trainer import _better
+    from s5ssm.training.epoch import _better
 
     progress = {"best": 0.9, "best_loss": 0.5}
     assert not _better("accuracy", 0.8, 0.4, progress, "metric")

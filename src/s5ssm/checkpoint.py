@@ -35,7 +35,7 @@ from .io import atomic_write_text, load_safetensors, save_safetensors
 
 POINTERS = ("last", "best", "previous")
 STEP_DIR = re.compile(r"step-\d{9}")
-PROGRESS_KEYS = ("epoch", "batch", "global_step", "sums", "best", "best_epoch", "seconds")  # see s5ssm.trainer
+PROGRESS_KEYS = ("epoch", "batch", "global_step", "sums", "best", "best_epoch", "seconds")  # see s5ssm.training
 
 
 class CheckpointError(ValueError):

@@ -149,24 +149,26 @@ def _default_run_dir(cfg: dict) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import fitted_defaults, trainer
+    from . import fitted_defaults
+    from .training.data import load_data
+    from .training.loop import train
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.run_dir and Path(args.run_dir) != run_dir:
             raise ValueError(f"--resume {run_dir} continues that directory; --run_dir {args.run_dir} names another")
         cfg = settings.resume_config(settings.read_run_config(run_dir, ALL_DEFAULTS), given_options(args), run_dir)
-        summary = trainer.train(cfg, run_dir, resume=True)
+        summary = train(cfg, run_dir, resume=True)
     else:
         cfg = resolve_config(args)
         data = None
         if cfg.get("data"):
-            data = trainer.load_data(cfg)
+            data = load_data(cfg)
             cfg = fitted_defaults.apply(cfg, given_options(args), data)
         if not args.run_dir and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise SystemExit("error: under torchrun give --run_dir (every process must name the same directory)")
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(cfg)
-        summary = trainer.train(cfg, run_dir, data=data)
+        summary = train(cfg, run_dir, data=data)
     if summary:  # empty on the processes of a torchrun job other than the main one
         _print_summary(summary)
     return 0
@@ -183,22 +185,23 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import trainer
+    from .training.build import load_run
+    from .training.evaluation import evaluate
 
-    cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
-    result = trainer.evaluate(model, data.splits[args.split], data.info, int(cfg["batch_size"]), "cpu")
+    cfg, model, data = load_run(args.run_dir, defaults=ALL_DEFAULTS)
+    result = evaluate(model, data.splits[args.split], data.info, int(cfg["batch_size"]), "cpu")
     print(json.dumps({"split": args.split, **result}))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from . import trainer
     from .data import labels, load_file
+    from .training.build import load_run
 
     out_path = Path(args.out or "predictions.csv")
     if out_path.is_dir():
         raise ValueError(f"--out {out_path}: is a directory; give a file name, e.g. {out_path / 'predictions.csv'}")
-    cfg, model, data = trainer.load_run(args.run_dir, defaults=ALL_DEFAULTS)
+    cfg, model, data = load_run(args.run_dir, defaults=ALL_DEFAULTS)
     dataset, _ = load_file(args.data, require_targets=False)  # .npz inputs may come without y
     labels.conform_inputs(dataset, data.info, f"--data {args.data}")
     header, rows = _prediction_rows(model, dataset, data.info)

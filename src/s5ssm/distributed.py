@@ -1,4 +1,5 @@
-"""Data-parallel training under torchrun: the process group, each rank's shard, reductions.
+"""Data-parallel training under torchrun: the process group, each rank's shard, reductions,
+per-process seeds and RNG states, rank 0's buffers shared.
 
 `torchrun --nproc_per_node N -m s5ssm train ...` starts N processes with RANK, WORLD_SIZE
 and LOCAL_RANK set; `setup` joins them into a process group (gloo on CPU, nccl on CUDA,
@@ -92,3 +93,28 @@ def sum_over_ranks(values: list[float], ctx: Context, device: torch.device) -> l
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def process_seed(seed: int, rank: int) -> int:
+    """The torch seed of process `rank` after the model is built: rank 0 keeps the run's
+    stream (a single process is unchanged), the others draw their own dropout masks."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def rng_states(ctx: Context) -> list[torch.Tensor]:
+    """Every process's torch RNG state, by rank (a collective under torchrun)."""
+    state = torch.get_rng_state()
+    if not ctx.distributed:
+        return [state]
+    states: list = [None] * ctx.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def share_buffers(net: torch.nn.Module, ctx: Context) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics, updated by each
+    process's own last batch), so all evaluate the model that rank 0 checkpoints."""
+    if ctx.distributed:
+        for buffer in net.buffers():
+            dist.broadcast(buffer, 0)
+

@@ -1,4 +1,4 @@
-"""scikit-learn estimators: S5Classifier and S5Regressor, thin over s5ssm.trainer.
+"""scikit-learn estimators: S5Classifier and S5Regressor, thin over s5ssm.training.
 
     >>> from s5ssm import S5Classifier
     >>> clf = S5Classifier().fit(X_train, y_train)          # doctest: +SKIP
@@ -29,10 +29,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from . import checkpoint, fitted_defaults, settings, trainer
+from . import checkpoint, fitted_defaults, settings
 from .data import SequenceDataset, collate, dataset_info
 from .io import atomic_write_text, load_safetensors, save_safetensors
 from .options import ALL_DEFAULTS
+from .training.build import build_model
+from .training.data import holdout
+from .training.loop import train
 
 __all__ = ["S5Classifier", "S5Regressor"]
 
@@ -137,14 +140,14 @@ class _S5Estimator(BaseEstimator):
         info = dataset_info(dataset, class_names=[str(c) for c in getattr(self, "classes_", [])] or None)
         given = self._given()
         cfg = {**ALL_DEFAULTS, **given, "quiet": not self.verbose}
-        data = trainer.holdout(dataset, info, cfg)
+        data = holdout(dataset, info, cfg)
         log = print if self.verbose else (lambda *_: None)
         cfg = fitted_defaults.apply(cfg, given, data, log)
         settings.validate(cfg, ALL_DEFAULTS)
         with tempfile.TemporaryDirectory(prefix="s5ssm-") as scratch:
             run_dir = Path(self.run_dir) if self.run_dir is not None else Path(scratch) / "run"
-            summary = trainer.train(cfg, run_dir, log=log, data=data, extras=self.run_dir is not None)
-            model = trainer.build_model(cfg, data.info)
+            summary = train(cfg, run_dir, log=log, data=data, extras=self.run_dir is not None)
+            model = build_model(cfg, data.info)
             model.load_state_dict(checkpoint.load(run_dir / "checkpoints", "best")["model"])
         self.model_, self.config_, self.info_ = model.eval(), cfg, data.info
         self.n_features_in_ = int(inputs[0].shape[1])
@@ -203,7 +206,7 @@ class _S5Estimator(BaseEstimator):
             raise ValueError(f"{path}: holds a {state.get('estimator') if isinstance(state, dict) else '?'}, "
                              f"not a {cls.__name__}")  # fmt: skip
         estimator = cls(**state["params"])
-        model = trainer.build_model(state["config"], state["info"])
+        model = build_model(state["config"], state["info"])
         model.load_state_dict(load_safetensors(Path(directory) / WEIGHTS_NAME))
         estimator.model_, estimator.config_, estimator.info_ = model.eval(), state["config"], state["info"]
         estimator.n_features_in_, estimator.best_epoch_ = state["n_features_in"], state["best_epoch"]

@@ -305,7 +305,7 @@ def load_exportable(source: str | Path) -> S5Model:
         return S5Model.from_pretrained(source).eval()
     if (source / "config.yaml").is_file():
         from .options import ALL_DEFAULTS
-        from .trainer import load_run
+        from .training.build import load_run
 
         _, model, data = load_run(source, defaults=ALL_DEFAULTS)
         if data.info.get("timestamps"):

@@ -76,7 +76,7 @@ def describe(chosen: dict, info: dict, train_size: int) -> str:
 
 
 def apply(cfg: dict, given: dict, data, log=print) -> dict:
-    """cfg with the settings fitted to `data` (a trainer.Data) for every option not in
+    """cfg with the settings fitted to `data` (an s5ssm.training.data.Data) for every option not in
     `given` (what the user set); logs one line saying what was chosen."""
     train_size = len(data.splits["train"])
     chosen = {k: v for k, v in for_data(data.info, train_size, given, cfg["model"]).items() if k not in given}

@@ -26,7 +26,7 @@ from pathlib import Path
 __all__ = ["RunDirBusy", "Interrupted", "locked", "start_clean", "StopOnInterrupt"]
 
 LOCK_NAME = ".lock"
-# What a run writes besides config.yaml (see s5ssm.trainer): removed by start_clean.
+# What a run writes besides config.yaml (see s5ssm.training): removed by start_clean.
 RUN_OUTPUTS = ("metrics_steps.csv", "metrics_epochs.csv", "summary.json", "curves.png", "tensorboard", "checkpoints",
                "classes.json")  # fmt: skip
 METRICS = ("metrics_steps.csv", "metrics_epochs.csv")

@@ -26,9 +26,9 @@ def _kill() -> None:
 
 def kill_after_step(step: int) -> None:
     """Kill this process once the trainer has logged training step `step` (1-based)."""
-    from s5ssm import trainer
+    from s5ssm.training.runlog import RunLog
 
-    log_step = trainer._RunLog.step
+    log_step = RunLog.step
 
     @functools.wraps(log_step)
     def step_then_maybe_die(self, row: dict) -> None:
@@ -36,7 +36,7 @@ def kill_after_step(step: int) -> None:
         if row["step"] == step:
             _kill()
 
-    trainer._RunLog.step = step_then_maybe_die
+    RunLog.step = step_then_maybe_die
 
 
 def kill_inside_save() -> None:
