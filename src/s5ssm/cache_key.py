@@ -18,7 +18,8 @@ A key records, when the cache is filled, and `current()` compares again:
 
 Writes that bypass the version counter are not seen by ``values=True``: through ``.data``
 (``p.data.copy_(...)``) and fused optimizer kernels (``AdamW(fused=True)``). Inference
-tensors have no version counter at all, so a ``values=True`` key over them is never current.
+tensors have no version counter at all, so a ``values=True`` key over them is never current;
+nor is a deep copy of a key (``copy.deepcopy`` of a module carries its caches along).
 S5SSM therefore fills its cache only in eval mode and drops it on every ``train()``/``eval()``.
 
 Every comparison is a C-level ``map`` over lists prepared once: at the compiled step's
@@ -66,8 +67,8 @@ class CacheKey:
         self._option_objects = [root if o is module else o for o, _ in options]
         self._option_names = [n for _, n in options]
         self._values = values
-        self._untracked = values and any(t.is_inference() for t in self._tensors)
-        self._stamp = None if self._untracked else self._read()
+        self._never_current = values and any(t.is_inference() for t in self._tensors)
+        self._stamp = None if self._never_current else self._read()
 
     def _read(self) -> tuple[list, ...]:
         """Everything compared besides the slots: storage, training flags, options, versions."""
@@ -80,6 +81,12 @@ class CacheKey:
 
     def current(self) -> bool:
         """True while the module is as it was when the key was made (see the module docstring)."""
-        if self._untracked:
+        if self._never_current:
             return False
         return list(map(id, map(dict.get, self._holders, self._names))) == self._ids and self._read() == self._stamp
+
+    def __deepcopy__(self, memo: dict) -> "CacheKey":
+        """A copied module's copied cache is rebuilt on first use: the copy is never current."""
+        stale = object.__new__(CacheKey)
+        stale._never_current = True
+        return stale
