@@ -53,7 +53,9 @@ class CacheKey:
 
     def __init__(self, module: nn.Module, options: Iterable[tuple[object, str]] = (), values: bool = False) -> None:
         modules = list(module.modules())
-        slots = [(holder, name) for m in modules for holder in (m._modules, m._parameters, m._buffers) for name in holder]
+        slots = [
+            (holder, name) for m in modules for holder in (m._modules, m._parameters, m._buffers) for name in holder
+        ]
         # the module itself only weakly: a cache stored on it, or keyed by it in a
         # WeakKeyDictionary, must not keep it alive (submodules do not refer to their parent)
         root = weakref.proxy(module)

@@ -405,5 +405,6 @@ class S5SSM(nn.Module):
         else:  # per-sequence step (B,): Λ̄, γ of shape (B, 1, P) -> (B, P)
             operator = (lambda_bar[:, 0], gamma[:, 0], self._input_weight(), self._output_weights()[0])
         if use_cache:
-            self._step_cache = (step_scale, CacheKey(self, [(self, name) for name in _STEP_OPTIONS], values=True), operator)
+            key = CacheKey(self, [(self, name) for name in _STEP_OPTIONS], values=True)
+            self._step_cache = (step_scale, key, operator)
         return operator
