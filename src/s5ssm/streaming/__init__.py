@@ -79,7 +79,7 @@ class CompiledStep:
     """The kernel's arguments for one model, and the checks that they still describe it.
 
     `supported` is False when the kernel cannot run the model (then `S5Model.step` uses
-    torch ops); `current(model)` says whether this still describes the model. Call as
+    torch ops); `current()` says whether this still describes the model. Call as
     `step(x_t, states, total, count, step_scale)` after `S5Model.step`'s checks.
     """
 
