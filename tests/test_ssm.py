@@ -317,6 +317,28 @@ def test_step_cache_follows_parameters_and_options():
         assert layer._step_cache is None
 
 
+def test_step_cache_follows_new_storage_and_dtype():
+    """`.data = ...` and `.float()`/`.double()` keep each Parameter object and give it new
+    storage (no version bump): the cached operator must follow them."""
+    layer = make_layer(3, 8, seed=15, scan_backend="parallel").eval()
+    u = torch.randn(2, 3, dtype=torch.float64)
+
+    def check(u):
+        with torch.no_grad():
+            y, _ = layer.step(u)
+            assert layer._step_cache is not None and y.dtype == u.dtype
+            torch.testing.assert_close(y, layer(u[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+        return y
+
+    first = check(u)
+    layer.log_step.data = layer.log_step.detach() * 0.5
+    assert not torch.allclose(check(u), first)
+    layer.float()
+    check(u.float())
+    layer.double()
+    check(u)
+
+
 # ---------------------------------------------------------------- gradients
 @pytest.mark.parametrize("backend", ["reference", "parallel", "auto"])
 @pytest.mark.parametrize(

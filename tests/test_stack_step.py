@@ -5,6 +5,8 @@ in torch ops (block.recur / ssm.recur).
 """
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -114,9 +116,10 @@ def test_sees_in_place_updates_of_every_parameter():
     ref = reference_of(model)
     stream(model, x)
     with torch.no_grad():
-        for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        for i, (p, q) in enumerate(zip(model.parameters(), ref.parameters())):
             delta = 0.05 * torch.randn_like(p)
-            p.add_(delta)  # in place: the kernel reads the live parameters
+            # in place, every other one through .data (no version bump): the kernel reads them live
+            (p.data if i % 2 else p).add_(delta)
             q.add_(delta)
     torch.testing.assert_close(stream(model, x)[0], stream(ref, x)[0], rtol=1e-12, atol=1e-12)
 
@@ -176,8 +179,8 @@ def test_non_finite_frame_is_an_error_naming_x_t():
         model.step(frame, model.init_cache(2))
 
 
-def test_memo_follows_changed_step_scale_and_eigenvalues():
-    """The kernel reuses each layer's (Λ̄, γ) while Λ, log Δ and the step are unchanged."""
+def test_discretisation_follows_changed_step_scale_and_eigenvalues():
+    """The kernel discretises every frame from the live Λ and log Δ at the frame's step."""
     model, x = model_and_input(9)
     ref = reference_of(model)
     for scale in (1.0, 1.0, 2.0, 1.0):
@@ -187,3 +190,13 @@ def test_memo_follows_changed_step_scale_and_eigenvalues():
             m.layers[0].ssm.Lambda_im.mul_(1.5)
             m.layers[1].ssm.log_step.add_(0.3)
     torch.testing.assert_close(stream(model, x)[0], stream(ref, x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_compiled_step_does_not_keep_the_model_alive():
+    model, x = model_and_input(10)
+    stream(model, x)
+    assert streaming.compiled_step_for(model) is not None
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import init
+from .cache_key import CacheKey
 from ._checks import (
     expect_bool_mask,
     expect_dtype,
@@ -40,6 +41,8 @@ FLOATS = (torch.float32, torch.float64)
 # inf and the discretisation to NaN; 1e30 leaves room for the learned Δ and |Λ|.
 MAX_STEP_SCALE = 1e30
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+# the options the step operator is computed with (its cache's key compares them)
+_STEP_OPTIONS = ("step_rescale", "discretization", "clip_eigs", "conj_sym")
 
 
 def is_right_padded(mask: torch.Tensor) -> bool:
@@ -384,27 +387,24 @@ class S5SSM(nn.Module):
     def _step_operator(self, step_scale):
         """(Λ̄, γ or None, W_in, W_out) for `recur`; γ is folded into W_in for a scalar step.
 
-        In eval mode with gradients off (inference) the operator for a scalar step is cached
-        until a parameter changes (in place or by replacement) or an option changes, so a
-        frame costs two small GEMMs and one complex multiply-add instead of a fresh
-        discretisation. Writes that bypass the version counter (fused optimizers such as
-        AdamW(fused=True), `.data`) are not seen by the key: the cache is therefore never
-        used in training mode and is dropped by every train()/eval() call.
+        At inference (eval mode, gradients off) the operator for a scalar step is cached
+        while its `CacheKey` (parameters, their storage and versions, the options) holds,
+        so a frame costs two small GEMMs and one complex multiply-add instead of a fresh
+        discretisation. The key does not see writes that bypass version counters (fused
+        optimizers, `.data`): the cache is never filled in training mode and every
+        train()/eval() call drops it.
         """
         scalar = not isinstance(step_scale, torch.Tensor)
-        key = None
-        if scalar and not self.training and not torch.is_grad_enabled():
-            params = tuple(self._parameters.values())  # S5SSM has no submodules
-            if not any(p.is_inference() for p in params):
-                options = (step_scale, self.step_rescale, self.discretization, self.clip_eigs)
-                key = options + tuple((id(p), p._version) for p in params)
-        if key is not None and self._step_cache is not None and self._step_cache[0] == key:
-            return self._step_cache[1]
+        use_cache = scalar and not self.training and not torch.is_grad_enabled()
+        cached = self._step_cache
+        if use_cache and cached is not None and cached[0] == step_scale and cached[1].current():
+            return cached[2]
         lambda_bar, gamma = self.discretized(step_scale)
         if scalar:
             operator = (lambda_bar, None, self._input_weight(gamma), self._output_weights()[0])
         else:  # per-sequence step (B,): Λ̄, γ of shape (B, 1, P) -> (B, P)
             operator = (lambda_bar[:, 0], gamma[:, 0], self._input_weight(), self._output_weights()[0])
-        if key is not None:
-            self._step_cache = (key, operator)
+        if use_cache:
+            key = CacheKey(self, [(self, name) for name in _STEP_OPTIONS], values=True)
+            self._step_cache = (step_scale, key, operator)
         return operator

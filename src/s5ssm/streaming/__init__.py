@@ -5,12 +5,12 @@ dispatch cost, so at batch 1 it is bound by dispatch rather than arithmetic. For
 inference on the CPU `S5Model.step` hands the frame to the kernel in
 `streaming/kernel.py` instead, through a `CompiledStep` built once per model:
 
-- the kernel reads the model's parameters and buffers in place (numpy views, no copies),
-  so in-place updates (optimizer steps, `load_state_dict`, `torch.no_grad` edits) are
-  seen on the next frame;
+- the kernel reads the model's parameters and buffers in place (numpy views, no copies)
+  and discretises every frame, so any write to their contents (optimizer steps,
+  `load_state_dict`, `torch.no_grad` edits, `.data.copy_`) is seen on the next frame;
 - a replaced tensor or module (assignment, `.to()`, `.data = ...`), a changed option, or a
-  submodule switched to training mode makes `CompiledStep.current` false, and the model
-  builds a new one (or falls back to torch ops).
+  submodule switched to training mode makes `CompiledStep.current` false (its
+  s5ssm.cache_key.CacheKey), and the model builds a new one (or falls back to torch ops).
 
 Used when: the model and the frame are on the CPU in float32/float64, every module is in
 eval mode, no gradient is wanted (`torch.no_grad`/`torch.inference_mode`, or nothing
@@ -22,7 +22,6 @@ The torch-ops path stays the reference; tests/test_stack_step.py holds the two t
 
 from __future__ import annotations
 
-import operator
 import os
 import weakref
 
@@ -32,6 +31,7 @@ from numba import typed
 from torch import nn
 
 from ..block import LayerNorm, RMSNorm, SequenceBatchNorm
+from ..cache_key import CacheKey
 from ..scan import resolve_backend
 from . import kernel
 
@@ -39,8 +39,6 @@ from . import kernel
 PARALLEL_MIN_BATCH = 8
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 _NUMPY_OF = {torch.float32: np.float32, torch.float64: np.float64}
-_data_ptr = torch.Tensor.data_ptr
-_training = operator.attrgetter("training")
 _BUILT: "weakref.WeakKeyDictionary[nn.Module, CompiledStep]" = weakref.WeakKeyDictionary()
 
 
@@ -81,25 +79,11 @@ class CompiledStep:
     """The kernel's arguments for one model, and the checks that they still describe it.
 
     `supported` is False when the kernel cannot run the model (then `S5Model.step` uses
-    torch ops); `current(model)` says whether this still describes the model. Call as
+    torch ops); `current()` says whether this still describes the model. Call as
     `step(x_t, states, total, count, step_scale)` after `S5Model.step`'s checks.
     """
 
     def __init__(self, model: nn.Module) -> None:
-        # what must stay as it is: every module/parameter/buffer slot, storage, and option read
-        # here; kept as parallel lists that `current` compares with C-level map calls
-        slots = [
-            (holder, name, value)
-            for module in model.modules()
-            for holder in (module._modules, module._parameters, module._buffers)
-            for name, value in holder.items()
-        ]
-        self.slot_holders, self.slot_names = [h for h, _, _ in slots], [n for _, n, _ in slots]
-        self.slot_ids = [id(v) for _, _, v in slots]
-        self.slot_values = [v for _, _, v in slots]  # keeps the ids above from being reused
-        self.submodules = [module for module in model.modules() if module is not model]
-        everything = [t for t in (*model.parameters(), *model.buffers()) if t is not None]
-        self.tensors, self.pointers = everything, [t.data_ptr() for t in everything]
         attributes = [(model, "pooling")] + [
             (obj, attr)
             for block in model.layers
@@ -110,10 +94,11 @@ class CompiledStep:
             )
             for attr in attrs
         ]
-        self.attr_objects, self.attr_names = [o for o, _ in attributes], [a for _, a in attributes]
-        self.attr_values = list(map(getattr, self.attr_objects, self.attr_names))
+        # the kernel reads the tensors in place (live views): no version counters needed
+        self.key = CacheKey(model, attributes)
         self.backend_env = os.environ.get("S5SSM_SCAN_BACKEND")
         self.dtype = model.layers[0].ssm.D.dtype
+        everything = [t for t in (*model.parameters(), *model.buffers()) if t is not None]
         floats = [t for t in everything if t.is_floating_point()]
         self.supported = (
             _supported_blocks(model)
@@ -166,18 +151,11 @@ class CompiledStep:
         self.options = np.array(options, dtype=np.int64)
         self.consts = np.array(consts, dtype=np.float64)
         self.ones: dict[int, np.ndarray] = {}  # step_scale None, per batch size
-        self.memo_keys = np.full((self.num_layers, 3 * self.num_states + 1), np.nan)
-        self.memo_values = np.zeros((self.num_layers, 2, self.num_states), dtype=self.numpy_complex)
 
-    def current(self, model: nn.Module) -> bool:
-        """True while the model still has the tensors, modules and options this was built from."""
-        return (
-            list(map(id, map(dict.get, self.slot_holders, self.slot_names))) == self.slot_ids
-            and list(map(_data_ptr, self.tensors)) == self.pointers
-            and not any(map(_training, self.submodules))
-            and list(map(getattr, self.attr_objects, self.attr_names)) == self.attr_values
-            and os.environ.get("S5SSM_SCAN_BACKEND") == self.backend_env
-        )
+    def current(self) -> bool:
+        """True while the model still has the tensors, modules and options this was built
+        from, all in eval mode (s5ssm.cache_key), and the same S5SSM_SCAN_BACKEND."""
+        return self.key.current() and os.environ.get("S5SSM_SCAN_BACKEND") == self.backend_env
 
     def trusted_states(self, cache: object, batch: int) -> torch.Tensor | None:
         """The stacked (num_layers, B, P) states of a StreamCache made by `init_cache` or
@@ -217,8 +195,8 @@ class CompiledStep:
         out = np.empty((batch, self.output_size), dtype=self.numpy_dtype)
         run = kernel.stack_step_parallel if batch >= PARALLEL_MIN_BATCH else kernel.stack_step_serial
         finite = run(
-            x_t.numpy(), self.weights, self.dims, self.options, self.consts, step_scale, self.memo_keys,
-            self.memo_values, states.numpy(), new_states, total.numpy(), new_total, count, out,
+            x_t.numpy(), self.weights, self.dims, self.options, self.consts, step_scale, states.numpy(),
+            new_states, total.numpy(), new_total, count, out,
         )  # fmt: skip
         if not finite:
             return None
@@ -252,7 +230,7 @@ def compiled_step_for(model: nn.Module) -> CompiledStep | None:
     if model.training:
         return None
     built = _BUILT.get(model)
-    if built is None or not built.current(model):
+    if built is None or not built.current():
         if any(module.training for module in model.modules()):
             return None
         built = _BUILT[model] = CompiledStep(model)

@@ -30,10 +30,6 @@ Arguments (F = float32 or float64, Z = the complex type of the same precision):
                                               NORMS, activation: index in ACTIVATIONS)
     consts     float64 (num_layers, len(CONST)) per layer: the CONST fields (output_scale: c)
     step_scale float64 (B,)       Δ multiplier per sequence (ones for a plain step)
-    memo_keys, memo_values  float64 (num_layers, 3P + 1), Z (num_layers, 2, P):
-               the (Λ_re, Λ_im, log_step, step) a layer was last discretised for and the
-               (Λ̄, γ) it gave; reused while all four are unchanged (compared value by value,
-               so any write to the parameters is seen). Start with NaN keys.
     states     Z (num_layers, B, P)         states before the frame
     new_states Z (num_layers, B, P)         written: states after the frame
     total      F (B, H), new_total F (B, H) running sum of the last layer's outputs before /
@@ -143,25 +139,8 @@ def _discretize_layer(lam_re, lam_im, log_step, step, bilinear, clip_eigs, lam_b
     discretize_row(lam, inv_lam, delta, scale[0], not bilinear, lam_bar, gamma)
 
 
-@numba.njit(cache=True)
-def _memo_matches(keys, lam_re, lam_im, log_step, step, P):  # pragma: no cover - compiled
-    if keys[3 * P] != step:
-        return False
-    for p in range(P):
-        if keys[p] != lam_re[p] or keys[P + p] != lam_im[p] or keys[2 * P + p] != log_step[p]:
-            return False
-    return True
-
-
-@numba.njit(cache=True)
-def _memo_store(keys, lam_re, lam_im, log_step, step, P):  # pragma: no cover - compiled
-    for p in range(P):
-        keys[p], keys[P + p], keys[2 * P + p] = lam_re[p], lam_im[p], log_step[p]
-    keys[3 * P] = step
-
-
 @numba.njit(cache=True, fastmath=_FAST)
-def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
+def _frame(b, x, weights, dims, options, consts, step_scale, states, new_states, total, new_total, count, out):  # pragma: no cover
     """One frame of sequence b (see the module docstring)."""
     E, H, P, layers, O = dims[DIM.embed], dims[DIM.hidden], dims[DIM.states], dims[DIM.layers], dims[DIM.outputs]
     has_encoder, mean_pooling, has_head = dims[DIM.has_encoder], dims[DIM.mean_pooling], dims[DIM.has_head]
@@ -172,6 +151,8 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
     act = np.empty(H, dtype)
     gate = np.empty(H, dtype)
     flat_state = np.empty(2 * P, dtype)  # (re, -im) interleaved: Re(C~ x) is one dot per row
+    lam_bar = np.empty(P, states.dtype)
+    gamma = np.empty(P, states.dtype)
     if has_encoder:
         _linear(weights[HEAD.encoder_weight], weights[HEAD.encoder_bias], x[b], h, H, E)
     else:
@@ -194,15 +175,8 @@ def _frame(b, x, weights, dims, options, consts, step_scale, use_memo, memo_keys
         else:
             for i in range(H):
                 u[i] = h[i]
-        step = step_scale[b] * step_rescale
-        if use_memo:
-            lam_bar, gamma = memo_values[layer, 0], memo_values[layer, 1]
-            if not _memo_matches(memo_keys[layer], lam_re, lam_im, log_step, step, P):
-                _discretize_layer(lam_re, lam_im, log_step, step, bilinear, clip_eigs, lam_bar, gamma)
-                _memo_store(memo_keys[layer], lam_re, lam_im, log_step, step, P)
-        else:
-            lam_bar, gamma = np.empty(P, states.dtype), np.empty(P, states.dtype)
-            _discretize_layer(lam_re, lam_im, log_step, step, bilinear, clip_eigs, lam_bar, gamma)
+        # read live every frame: any write to Λ or log Δ is seen
+        _discretize_layer(lam_re, lam_im, log_step, step_scale[b] * step_rescale, bilinear, clip_eigs, lam_bar, gamma)
         # x = Λ̄ x + γ (B~ u), B stored (P, H, 2)
         for p in range(P):
             bu_re = 0.0
@@ -260,22 +234,20 @@ def _all_finite(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def stack_step_serial(x, weights, dims, options, consts, step_scale, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
-    """The frame for every sequence, one after another (batch 1: no thread start-up), reusing
-    each layer's discretisation while its inputs are unchanged (`memo`)."""
+def stack_step_serial(x, weights, dims, options, consts, step_scale, states, new_states, total, new_total, count, out):  # pragma: no cover
+    """The frame for every sequence, one after another (batch 1: no thread start-up)."""
     if not _all_finite(x):
         return False
     for b in range(x.shape[0]):
-        _frame(b, x, weights, dims, options, consts, step_scale, True, memo_keys, memo_values, states, new_states, total, new_total, count, out)
+        _frame(b, x, weights, dims, options, consts, step_scale, states, new_states, total, new_total, count, out)
     return True
 
 
 @numba.njit(cache=True, parallel=True)
-def stack_step_parallel(x, weights, dims, options, consts, step_scale, memo_keys, memo_values, states, new_states, total, new_total, count, out):  # pragma: no cover
-    """The frame with the sequences spread over numba's threads (`memo` is not used: the
-    threads would race on it)."""
+def stack_step_parallel(x, weights, dims, options, consts, step_scale, states, new_states, total, new_total, count, out):  # pragma: no cover
+    """The frame with the sequences spread over numba's threads."""
     if not _all_finite(x):
         return False
     for b in prange(x.shape[0]):
-        _frame(b, x, weights, dims, options, consts, step_scale, False, memo_keys, memo_values, states, new_states, total, new_total, count, out)
+        _frame(b, x, weights, dims, options, consts, step_scale, states, new_states, total, new_total, count, out)
     return True
