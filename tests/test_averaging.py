@@ -68,3 +68,15 @@ def test_a_run_validates_saves_and_evaluates_the_average(tmp_path):
     rows = (run / "metrics_epochs.csv").read_text().splitlines()
     best_row = rows[1 + summary["best_epoch"]].split(",")
     assert float(best_row[3]) == pytest.approx(val["loss"], rel=1e-6)
+
+
+def test_resuming_an_ema_run_without_its_live_weights_names_the_file(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--ema", "0.9", "--run_dir", str(run)]) == 0
+    path = checkpoint.resolve(run / "checkpoints", "last") / "optimizer.safetensors"
+    tensors = {name: value for name, value in load_file(str(path)).items() if not name.startswith("live.")}
+    save_file(tensors, str(path))
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) != 0
+    assert f"{path}: no live." in capsys.readouterr().err
