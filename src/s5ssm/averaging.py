@@ -55,14 +55,15 @@ class WeightAverage:
         """net with the averaged parameters inside the block, its own after it. Yields
         copies of net's own parameters by name (what a checkpoint keeps for resuming)."""
         live = {name: p.detach().clone() for name, p in net.named_parameters()}
-        _copy_into(net, self.weights)
+        copy_into(net, self.weights)
         try:
             yield live
         finally:
-            _copy_into(net, live)
+            copy_into(net, live)
 
 
 @torch.no_grad()
-def _copy_into(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+def copy_into(net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (every parameter of net, by name) into net's parameters in place."""
     for name, p in net.named_parameters():
         p.copy_(weights[name])

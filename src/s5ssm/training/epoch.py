@@ -82,13 +82,14 @@ def end_epoch(run: Run, epoch: int) -> bool:
            "seconds": round(time.perf_counter() - run.start_time, 2)}  # fmt: skip
     run.log(f"epoch {epoch}: train loss {row['train_loss']:.4f} {metric_name} {row[f'train_{metric_name}']:.4f} | "
             f"val loss {val['loss']:.4f} {metric_name} {val[metric_name]:.4f}")  # fmt: skip
-    improved = _better(metric_name, val[metric_name], val["loss"], progress, run.cfg.get("select_by", "metric"))
+    select_by = run.cfg.get("select_by", "metric")
+    improved = _better(metric_name, val[metric_name], val["loss"], progress, select_by)
     patience = int(run.cfg.get("patience") or 0)
     if improved:
         progress.update(best=val[metric_name], best_loss=val["loss"], best_epoch=epoch)
     elif patience and epoch - progress["best_epoch"] >= patience:
         progress["stopped_early"] = True
-        criterion = "loss" if run.cfg.get("select_by") == "loss" else metric_name
+        criterion = "loss" if select_by == "loss" else metric_name
         run.log(f"stopping early: no better validation {criterion} for {patience} epochs (best: epoch "
                 f"{progress['best_epoch']})")  # fmt: skip
     progress.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0], seconds=time.perf_counter() - run.start_time)

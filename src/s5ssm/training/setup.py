@@ -12,7 +12,7 @@ import yaml
 
 from .. import checkpoint, distributed, precision, rundir
 from ..augment import check_data
-from ..averaging import WeightAverage
+from ..averaging import WeightAverage, copy_into
 from ..data import labels
 from ..io import atomic_write_text
 from .build import build_model, fit_scaling, target_std
@@ -97,9 +97,7 @@ def _weight_average(net: torch.nn.Module, decay: float, live: dict, resume: bool
             path = checkpoint.resolve(run_dir / "checkpoints", "last") / "optimizer.safetensors"
             raise checkpoint.CheckpointError(f"{path}: no live.{missing[0]} (the weights of an --ema run); damaged, "
                                              f"or not saved by an --ema run")  # fmt: skip
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                p.copy_(live[name])
+        copy_into(net, live)
     return average
 
 
